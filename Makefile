@@ -1,0 +1,26 @@
+# runner: `make help` lists the targets.
+PYTHON ?= python
+PORT ?= 5000
+
+.PHONY: help install run sweep ui test test-fast
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+install: ## install runner and the test tools into the current Python environment
+	$(PYTHON) -m pip install '.[test]'
+
+run: ## train the default experiment (seed_cnn on the bundled digits) and log it to ./mlflow.db
+	runner
+
+sweep: ## the tutorial's comparison on digits: three model styles, one MLflow run each
+	runner -m model-style=sequential,functional,subclass
+
+ui: ## the MLflow UI for ./mlflow.db on http://127.0.0.1:$(PORT) (localhost only)
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+
+test: ## every test, the slow (real training) ones included
+	$(PYTHON) -m pytest
+
+test-fast: ## the fast tests only (under about 3 minutes)
+	$(PYTHON) -m pytest -m "not slow"

@@ -1,0 +1,1 @@
+"""runner: YAML-driven Keras experiments, tracked in MLflow."""

@@ -1,0 +1,116 @@
+"""The config schema (Hydra structured configs) and the checks that run before TensorFlow is imported.
+
+The schema makes OmegaConf reject an unknown or mistyped key at compose time;
+`validate` checks what a schema cannot: layer, optimizer and loss names and
+arguments against Keras' own signatures, the layer graph, and value ranges.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from runner import keras_api
+from runner.errors import ConfigError
+from runner.graph import Graph
+
+STYLES = ("sequential", "functional", "subclass")
+LOOPS = ("fit", "custom")
+DATASETS = ("digits", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100")
+
+
+@dataclass
+class ModelConfig:
+    layers: List[Any] = MISSING  # each: {type: <keras.layers class>, name?, inputs?, **its arguments}
+    inputs: Optional[List[Any]] = None  # [{name, shape}]; default: one input of dataset.input_shape
+    outputs: Optional[Any] = None  # a layer name or a list; default: the last layer
+    style: str = "functional"  # set by the model-style group
+    loss: Dict[str, Any] = field(
+        default_factory=lambda: {"class_name": "SparseCategoricalCrossentropy", "from_logits": False}
+    )
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING  # digits | npz | mnist | fashion_mnist | cifar10 | cifar100
+    path: Optional[str] = None  # a local .npz with x_train, y_train, x_test, y_test
+    num_classes: int = MISSING
+    input_shape: List[int] = MISSING
+    validation_split: float = 0.1  # the last 10 % of the training examples
+    limit: Optional[int] = None  # keep only the first N training examples (quick runs)
+    seed: int = "${seed}"  # shuffling order
+
+
+@dataclass
+class LoopConfig:
+    name: str = "fit"  # fit: model.fit | custom: a tf.GradientTape step
+    epochs: int = 5  # the tutorial's
+    batch_size: int = 32  # the tutorial's, and Keras' default
+    jit_compile: Any = "auto"  # Keras' "auto" is XLA off on CPU-only machines
+    verbose: Any = "auto"  # Keras' progress output: "auto", 0, 1 or 2
+
+
+@dataclass
+class MlflowConfig:
+    experiment_name: str = "runner"
+    tracking_uri: Optional[str] = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///<launch dir>/mlflow.db
+    log_model: bool = True  # the trained model as a .keras artifact
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    optimizer: Dict[str, Any] = field(default_factory=dict)  # {class_name: <keras.optimizers class>, **its arguments}
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    seed: int = 42  # weights, dropout and shuffling: one seed, one result
+
+
+ConfigStore.instance().store(name="schema", node=Config)
+
+
+def validate(cfg: DictConfig) -> Graph:
+    """Check a composed config without TensorFlow; return its layer graph."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        raise ConfigError(f"{key or 'config'}: {str(error).splitlines()[0]}") from error
+    _one_of("model.style", cfg.model.style, STYLES, "model-style")
+    _one_of("loop.name", cfg.loop.name, LOOPS, "loop")
+    _one_of("dataset.name", cfg.dataset.name, DATASETS, "dataset")
+    for key in ("loop.epochs", "loop.batch_size", "dataset.num_classes"):
+        value = OmegaConf.select(cfg, key)
+        if value < 1:
+            raise ConfigError(f"{key}: must be a positive integer, got {value}.")
+    if not 0 < cfg.dataset.validation_split < 1:
+        raise ConfigError(f"dataset.validation_split: must be between 0 and 1, got {cfg.dataset.validation_split}.")
+    if cfg.dataset.limit is not None and cfg.dataset.limit < 2:
+        raise ConfigError(f"dataset.limit: must be at least 2 (or null for all), got {cfg.dataset.limit}.")
+    class_args("optimizers", "optimizer", cfg.optimizer)
+    class_args("losses", "model.loss", cfg.model.loss)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    graph = Graph.parse(model["layers"], list(cfg.dataset.input_shape), model["inputs"], model["outputs"])
+    if cfg.model.style == "sequential":
+        problem = graph.sequential_error()
+        if problem:
+            raise ConfigError(problem)
+    return graph
+
+
+def class_args(kind, key, section):
+    """(Keras class name, its keyword arguments) of a `{class_name: ..., **arguments}` section, checked."""
+    section = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
+    if "class_name" not in section:
+        raise ConfigError(f"{key}.class_name: missing; name a class in keras.{kind}.")
+    name = section.pop("class_name")
+    return keras_api.check(kind, name, section, key), section
+
+
+def _one_of(key, value, choices, group):
+    if value not in choices:
+        hint = keras_api.did_you_mean(str(value), choices)
+        raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(choices)} ({group}=...).{hint}")

@@ -1,0 +1,136 @@
+"""One graph, three builders: Sequential, Functional and Subclassed Keras models.
+
+Each replays `Graph.nodes` in the same order, so the same YAML gives the same
+layers, the same parameter count and (with one seed) the same initial weights.
+Building does nothing else: no compile, no training, no logging.
+"""
+
+import keras
+
+from runner.errors import ConfigError
+from runner.graph import Graph
+
+STYLES = ("sequential", "functional", "subclass")
+
+
+def build(graph, style):
+    """A Keras model of `graph` in `style` (one of STYLES), built and ready to compile."""
+    if style == "sequential":
+        return sequential(graph)
+    if style == "functional":
+        return functional(graph)
+    if style == "subclass":
+        return subclass(graph)
+    raise ConfigError(f"model.style: unknown style {style!r}; expected one of {list(STYLES)}.")
+
+
+def sequential(graph):
+    problem = graph.sequential_error()
+    if problem:
+        raise ConfigError(problem)
+    (shape,) = graph.inputs.values()
+    model = keras.Sequential([keras.Input(shape)])
+    for node in graph.nodes:
+        layer = make_layer(node)
+        _keras_call(node, lambda: model.add(layer))  # `add` builds the layer: shape errors surface here
+    return model
+
+
+def functional(graph):
+    tensors = {name: keras.Input(shape, name=name) for name, shape in graph.inputs.items()}
+    inputs = list(tensors.values())
+    replay(graph, {node.name: make_layer(node) for node in graph.nodes}, tensors)
+    outputs = [tensors[name] for name in graph.outputs]
+    return keras.Model(_one_or_list(inputs), _one_or_list(outputs))
+
+
+def subclass(graph):
+    model = GraphModel(graph.to_config())
+    model(_one_or_list([keras.Input(shape, name=name) for name, shape in graph.inputs.items()]))  # build
+    return model
+
+
+@keras.saving.register_keras_serializable(package="runner")
+class GraphModel(keras.Model):
+    """A subclassed model: `__init__` creates the layers, `call` replays the graph."""
+
+    def __init__(self, graph, **kwargs):
+        super().__init__(**kwargs)
+        self.graph = Graph.parse(**graph)
+        self.graph_layers = [make_layer(node) for node in self.graph.nodes]  # tracked by Keras
+
+    def call(self, inputs):
+        inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        tensors = dict(zip(self.graph.inputs, inputs))
+        replay(self.graph, {layer.name: layer for layer in self.graph_layers}, tensors)
+        return _one_or_list([tensors[name] for name in self.graph.outputs])
+
+    def get_config(self):
+        return {**super().get_config(), "graph": self.graph.to_config()}
+
+
+def check_output(model, graph, num_classes):
+    """The first output must be one score per class: catches a 10-unit head on 100 classes, or a missing Flatten."""
+    shape = output_shapes(model, graph)[0]
+    if shape[1:] != (num_classes,):
+        node = next(n for n in graph.nodes if n.name == graph.outputs[0])
+        hint = " Add a Flatten or GlobalAveragePooling layer before it." if len(shape) > 2 else ""
+        raise ConfigError(
+            f"{node.where}: the model's output has shape {list(shape[1:])} per example, but "
+            f"dataset.num_classes is {num_classes}: the output layer must have {num_classes} units "
+            f"(`units: ${{dataset.num_classes}}`).{hint}"
+        )
+
+
+def output_shapes(model, graph):
+    """The shape of each model output, from a symbolic call (works for all three styles)."""
+    outputs = model(_one_or_list([keras.Input(shape) for shape in graph.inputs.values()]))
+    return [tuple(o.shape) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])]
+
+
+def replay(graph, layers, tensors):
+    """Call each layer on its inputs' tensors in topological order; add its output to `tensors`."""
+    for node in graph.nodes:
+        args = [tensors[name] for name in node.inputs]
+        layer = layers[node.name]
+        if len(args) == 1:
+            call = lambda: layer(args[0])  # noqa: E731
+        elif node.list_input:
+            call = lambda: layer(args)  # noqa: E731  (Add, Concatenate, Attention take a list)
+        else:
+            call = lambda: layer(*args)  # noqa: E731  (MultiHeadAttention(query, value, key))
+        tensors[node.name] = _keras_call(node, call)
+    return tensors
+
+
+def make_layer(node):
+    return _keras_call(node, lambda: _instantiate({"type": node.type, "name": node.name, **node.kwargs}))
+
+
+def _instantiate(spec):
+    """A keras.layers object from a {type: ..., **kwargs} dict, nested layer specs included."""
+    kwargs = {key: _nested(value) for key, value in spec.items() if key != "type"}
+    return getattr(keras.layers, spec["type"])(**kwargs)
+
+
+def _nested(value):
+    if isinstance(value, dict) and "type" in value:
+        return _instantiate(value)
+    if isinstance(value, list):
+        return [_nested(v) for v in value]
+    return value
+
+
+def _keras_call(node, fn):
+    """Run `fn`, re-raising what Keras rejects (bad values, shapes) as a ConfigError naming the layer."""
+    try:
+        return fn()
+    except (ValueError, TypeError) as error:
+        if isinstance(error, ConfigError):
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{node.where}: Keras rejected it: {first_line}") from error
+
+
+def _one_or_list(items):
+    return items[0] if len(items) == 1 else items

@@ -1,0 +1,106 @@
+"""The MLflow stage: where runs go, what each run records, and the per-epoch callback."""
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import keras
+import mlflow
+from mlflow.entities import RunStatus
+from omegaconf import OmegaConf
+
+UI_PORT = 5000  # `make ui` and `mlflow ui` serve here
+
+
+def tracking_uri(cfg, cwd):
+    """The configured URI, else $MLFLOW_TRACKING_URI, else a SQLite store in the launch directory.
+
+    Resolved to an absolute path up front, so a changed working directory (Hydra
+    may change it) cannot scatter runs into per-run output directories.
+    """
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path(cwd).resolve() / 'mlflow.db'}"
+
+
+def experiment(cfg, cwd):
+    """Point MLflow at the store and return the experiment id, creating the experiment once.
+
+    A local store keeps its artifacts beside it in ./mlartifacts (an absolute path).
+    """
+    uri = tracking_uri(cfg, cwd)
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(cfg.experiment_name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    try:
+        return mlflow.create_experiment(cfg.experiment_name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
+        return mlflow.get_experiment_by_name(cfg.experiment_name).experiment_id
+
+
+@contextmanager
+def start_run(cfg, cwd, run_name, tags):
+    """An active MLflow run: FINISHED when the block ends, FAILED (with the error as a tag) when it raises."""
+    experiment_id = experiment(cfg.mlflow, cwd)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        try:
+            mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)), synchronous=True)
+            yield run
+        except BaseException as error:
+            mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
+            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+            mlflow.end_run(RunStatus.to_string(getattr(RunStatus, status)))
+            raise
+        finally:
+            mlflow.flush_async_logging()
+
+
+def flatten(tree, prefix=""):
+    """{'a': {'b': [1, 2]}} -> {'a.b.0': 1, 'a.b.1': 2}: MLflow params are flat key-value pairs."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list) and tree:
+        items = enumerate(tree)
+    else:
+        return {prefix: tree}
+    flat = {}
+    for key, value in items:
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+class MlflowMetrics(keras.callbacks.Callback):
+    """Logs Keras' epoch logs (loss, accuracy, val_loss, val_accuracy) at step = epoch number (1-based).
+
+    mlflow.keras.MlflowCallback is not used: it also logs `validation_*`
+    duplicates from `on_test_end`, all at step 0.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1, synchronous=False)
+
+
+def log_model(model, output_dir, save_model):
+    """The model summary, the graph and, when asked, the trained model (.keras) as artifacts."""
+    out = Path(output_dir)
+    lines = []
+    model.summary(print_fn=lambda line, **_: lines.append(line), line_length=100)
+    (out / "model_summary.txt").write_text("\n".join(lines) + "\n")
+    mlflow.log_artifact(str(out / "model_summary.txt"))
+    if save_model:
+        path = out / "model.keras"
+        model.save(path)
+        mlflow.log_artifact(str(path), artifact_path="model")
+
+
+def ui_link(run):
+    """The command and URL that open this run in the MLflow UI (its Model-training view, not GenAI)."""
+    uri = mlflow.get_tracking_uri()
+    local = not uri.startswith(("http://", "https://"))
+    base = f"http://127.0.0.1:{UI_PORT}" if local else uri.rstrip("/")
+    command = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}" if local else None
+    url = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
+    return command, url

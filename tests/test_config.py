@@ -1,0 +1,86 @@
+"""Every option of every group composes and validates, before TensorFlow is imported."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hydra.errors import ConfigCompositionException
+
+from runner import config
+from runner.errors import ConfigError
+
+CONF = Path(config.__file__).with_name("conf")
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and not p.name.startswith("_"))
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+
+
+def test_groups_are_the_documented_ones():
+    assert GROUPS == ["dataset", "experiment", "loop", "model", "model-style", "optimizer"]
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_validates(make_cfg, group, option):
+    overrides = [f"{group}={option}"]
+    if group == "dataset" and option == "npz":
+        overrides += ["dataset.path=x.npz", "dataset.num_classes=10", "dataset.input_shape=[28,28,1]"]
+    if (group, option) == ("model-style", "sequential"):
+        overrides += ["model=seed_cnn"]
+    cfg = make_cfg(*overrides)
+    if group == "model" and option == "resnet_small":
+        assert cfg.model.style == "functional"
+    graph = config.validate(cfg)
+    assert graph.nodes[-1].kwargs.get("units") == cfg.dataset.num_classes
+
+
+def test_model_style_sets_model_style(make_cfg):
+    assert make_cfg("model-style=subclass").model.style == "subclass"
+
+
+def test_output_width_follows_the_dataset(make_cfg):
+    cfg = make_cfg("dataset=cifar100", "model=seed_cifar_cnn")
+    assert cfg.model.layers[-1].units == 100
+
+
+def test_misspelled_key_fails_at_compose_time(make_cfg):
+    with pytest.raises(ConfigCompositionException, match="Could not override .loop.epoch."):
+        make_cfg("loop.epoch=3")
+
+
+def test_experiment_preset_overlays_groups(make_cfg):
+    cfg = make_cfg("experiment=seed_mnist")
+    assert (cfg.dataset.name, cfg.loop.epochs, cfg.loop.batch_size) == ("mnist", 5, 32)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("+model.layers.3.unit=3", r"model.layers\[3\] \(Dense\): unknown argument 'unit' .*Did you mean 'units'\?"),
+        ("model.layers.0.type=Conv2d", r"model.layers\[0\] \(Conv2d\): unknown type 'Conv2d'.*Did you mean 'Conv2D'\?"),
+        ("+optimizer.learning_rat=0.1", r"optimizer: unknown argument 'learning_rat' .*Did you mean 'learning_rate'"),
+        ("optimizer.class_name=Adamm", r"optimizer: unknown type 'Adamm'.*Did you mean 'Adam'"),
+        ("loop.epochs=0", r"loop.epochs: must be a positive integer, got 0"),
+        ("loop.batch_size=-1", r"loop.batch_size: must be a positive integer, got -1"),
+        ("loop.name=tape", r"loop.name: unknown value 'tape'"),
+        ("model.style=sequentail", r"model.style: unknown value 'sequentail'.*Did you mean 'sequential'"),
+        ("dataset.validation_split=1.5", r"dataset.validation_split: must be between 0 and 1"),
+        ("model.layers.0.type=Lambda", r"keras.layers.Lambda is not allowed here: it runs arbitrary Python code"),
+    ],
+)
+def test_bad_values_are_named(make_cfg, override, message):
+    with pytest.raises(ConfigError, match=message):
+        config.validate(make_cfg(override))
+
+
+def test_validation_does_not_import_tensorflow():
+    code = (
+        "import sys\n"
+        "from hydra import compose, initialize_config_module\n"
+        "from runner import config\n"
+        "with initialize_config_module(config_module='runner.conf', version_base='1.3'):\n"
+        "    cfg = compose(config_name='config', overrides=['model=resnet_small'])\n"
+        "config.validate(cfg)\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported TF'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,102 @@
+"""One graph, three builders: same parameters, same outputs, same initial weights."""
+
+import keras
+import numpy as np
+import pytest
+
+from runner import config, models
+from runner.errors import ConfigError
+from runner.graph import Graph
+
+MODELS = ["seed_cnn", "seed_cifar_cnn", "mlp", "resnet_small"]
+
+
+def build_all(graph, styles=models.STYLES, seed=7):
+    built = {}
+    for style in styles:
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(seed)
+        built[style] = models.build(graph, style)
+    return built
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_three_styles_same_parameters_output_and_weights(make_cfg, model):
+    cfg = make_cfg(f"model={model}", "dataset=cifar10")
+    graph = config.validate(cfg)
+    styles = models.STYLES if graph.sequential_error() is None else ("functional", "subclass")
+    built = build_all(graph, styles)
+    x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    counts = {style: m.count_params() for style, m in built.items()}
+    assert len(set(counts.values())) == 1, counts
+    outputs = [np.asarray(m(x)) for m in built.values()]
+    assert outputs[0].shape == (2, 10)
+    for other in outputs[1:]:
+        np.testing.assert_array_equal(outputs[0], other)  # same seed, same order: the same weights
+
+
+def test_sequential_refuses_the_residual_cnn(make_cfg):
+    cfg = make_cfg("model=resnet_small")
+    graph = config.validate(cfg)
+    with pytest.raises(ConfigError, match=r"model.layers\[0\] \(Conv2D 'stem'\): feeds 2 layers"):
+        models.build(graph, "sequential")
+    with pytest.raises(ConfigError, match="builds chains only"):
+        config.validate(make_cfg("model=resnet_small", "model-style=sequential"))
+
+
+def test_several_inputs_and_outputs_build_in_both_graph_styles():
+    graph = Graph.parse(
+        [
+            {"type": "Concatenate", "name": "both", "inputs": ["left", "right"]},
+            {"type": "Dense", "units": 2, "name": "out_a"},
+            {"type": "Dense", "units": 3, "name": "out_b", "inputs": "both"},
+            {"type": "MultiHeadAttention", "name": "mha", "num_heads": 2, "key_dim": 4, "inputs": ["seq", "seq"]},
+            {"type": "GlobalAveragePooling1D", "name": "out_c"},
+        ],
+        inputs=[{"name": "left", "shape": [4]}, {"name": "right", "shape": [5]}, {"name": "seq", "shape": [6, 8]}],
+        outputs=["out_a", "out_b", "out_c"],
+    )
+    built = build_all(graph, ("functional", "subclass"))
+    assert built["functional"].count_params() == built["subclass"].count_params()
+    shapes = [models.output_shapes(m, graph) for m in built.values()]
+    assert shapes[0] == shapes[1] == [(None, 2), (None, 3), (None, 8)]
+
+
+def test_nested_layer_arguments_are_built(make_cfg):
+    graph = Graph.parse(
+        [{"type": "Bidirectional", "layer": {"type": "LSTM", "units": 4}}, {"type": "Dense", "units": 3}],
+        input_shape=[5, 2],
+    )
+    built = build_all(graph)
+    assert len({m.count_params() for m in built.values()}) == 1
+    assert isinstance(built["functional"].layers[1].forward_layer, keras.layers.LSTM)
+
+
+def test_keras_errors_name_the_layer():
+    graph = Graph.parse([{"type": "Conv2D", "filters": 4, "kernel_size": 3}], input_shape=[4])
+    with pytest.raises(ConfigError, match=r"model.layers\[0\] \(Conv2D 'conv2d'\): Keras rejected it"):
+        models.build(graph, "functional")
+
+
+def test_output_width_must_match_num_classes(make_cfg):
+    cfg = make_cfg("dataset=cifar100", "model=seed_cifar_cnn", "model.layers.6.units=10")
+    graph = config.validate(cfg)
+    model = models.build(graph, "functional")
+    with pytest.raises(ConfigError, match=r"model.layers\[6\] \(Dense 'dense_1'\): .* dataset.num_classes is 100"):
+        models.check_output(model, graph, 100)
+
+
+def test_forgotten_flatten_is_explained():
+    graph = Graph.parse([{"type": "Dense", "units": 10}], input_shape=[8, 8, 1])
+    model = models.build(graph, "functional")
+    with pytest.raises(ConfigError, match="Add a Flatten or GlobalAveragePooling layer"):
+        models.check_output(model, graph, 10)
+
+
+def test_subclass_model_saves_and_loads(tmp_path, make_cfg):
+    graph = config.validate(make_cfg("model=resnet_small"))
+    model = models.build(graph, "subclass")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    x = np.ones((1, 8, 8, 1), np.float32)
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(loaded(x)), rtol=1e-6)

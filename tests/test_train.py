@@ -1,0 +1,90 @@
+"""End to end: a real Keras model trained on the bundled digits, recorded in a real (temporary) MLflow store."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from runner.errors import ConfigError
+from runner.train import run
+
+EPOCH_METRICS = {"loss", "accuracy", "val_loss", "val_accuracy"}
+
+
+def only_run(uri, experiment="runner"):
+    client = MlflowClient(uri)
+    (found,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return client, found
+
+
+def test_one_epoch_on_digits_is_fully_recorded(make_cfg, store, tmp_path):
+    cfg = make_cfg("loop.epochs=2", f"mlflow.tracking_uri={store}")
+    results = run(cfg, cwd=tmp_path, output_dir=tmp_path / "out", choices={"model": "seed_cnn"}, overrides=["x=1"])
+    client, found = only_run(store)
+    assert found.info.status == "FINISHED"
+    assert found.data.params["model.layers.1.filters"] == "64"
+    assert found.data.params["optimizer.class_name"] == "Adam"
+    assert found.data.tags["model"] == "seed_cnn" and found.data.tags["overrides"] == "x=1"
+    for key in EPOCH_METRICS:
+        history = client.get_metric_history(found.info.run_id, key)
+        assert [m.step for m in history] == [1, 2], key  # one point per epoch
+    assert found.data.metrics["test_accuracy"] == pytest.approx(results["test_accuracy"])
+    assert found.data.metrics["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert found.data.metrics["num_params"] == 151_306
+    artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert {"config.yaml", "model_summary.txt", "model"} <= artifacts
+    assert [a.path for a in client.list_artifacts(found.info.run_id, "model")] == ["model/model.keras"]
+
+
+def test_same_seed_same_metrics(make_cfg, store, tmp_path):
+    cfg = make_cfg("loop.epochs=1", "dataset.limit=300", f"mlflow.tracking_uri={store}", "mlflow.log_model=false")
+    assert run(cfg, cwd=tmp_path) == run(cfg, cwd=tmp_path)
+
+
+def test_error_during_the_run_marks_it_failed(make_cfg, store, tmp_path):
+    cfg = make_cfg("dataset.path=missing.npz", f"mlflow.tracking_uri={store}")
+    with pytest.raises(ConfigError, match=r"dataset.path: no file at '.*/missing.npz'"):
+        run(cfg, cwd=tmp_path)
+    _, found = only_run(store)
+    assert found.info.status == "FAILED"
+    assert "no file at" in found.data.tags["error"]
+
+
+def test_config_error_before_training_creates_no_run(make_cfg, store, tmp_path):
+    with pytest.raises(ConfigError):
+        run(make_cfg("+model.layers.3.unit=3", f"mlflow.tracking_uri={store}"), cwd=tmp_path)
+    assert not (tmp_path / "mlflow.db").exists()  # the store is not even opened
+
+
+def cli(*args, cwd, **env):
+    environment = {**os.environ, **env}
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args], cwd=cwd, env=environment, capture_output=True, text=True
+    )
+
+
+def test_cli_multirun_three_styles_same_parameters(tmp_path):
+    done = cli(
+        "-m", "model-style=sequential,functional,subclass", "loop.epochs=1", "dataset.limit=400", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    assert sorted(r.data.tags["model-style"] for r in runs) == ["functional", "sequential", "subclass"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.metrics["num_params"] for r in runs}) == 1
+    assert len({r.data.metrics["val_loss"] for r in runs}) == 1  # one seed: identical training in every style
+    assert done.stdout.count("test_accuracy") == 3
+
+
+def test_cli_config_error_is_one_line_and_status_2(tmp_path):
+    done = cli("+model.layers.3.unit=3", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "runner: config error: model.layers[3] (Dense): unknown argument 'unit' for keras.layers.Dense. "
+        "Did you mean 'units'?"
+    )
+    assert "Traceback" not in done.stderr
