@@ -50,6 +50,8 @@ class LoopConfig:
     batch_size: int = 32  # the tutorial's, and Keras' default
     jit_compile: Any = "auto"  # Keras' "auto" is XLA off on CPU-only machines
     verbose: Any = "auto"  # Keras' progress output: "auto", 0, 1 or 2
+    eager: bool = False  # loop=custom: run the step eagerly (no tf.function), to step through it in a debugger
+    log_every_n_steps: Optional[int] = None  # also log the batch loss to MLflow every N steps
 
 
 @dataclass
@@ -88,6 +90,8 @@ def validate(cfg: DictConfig) -> Graph:
             raise ConfigError(f"{key}: must be a positive integer, got {value}.")
     if not 0 < cfg.dataset.validation_split < 1:
         raise ConfigError(f"dataset.validation_split: must be between 0 and 1, got {cfg.dataset.validation_split}.")
+    if cfg.loop.log_every_n_steps is not None and cfg.loop.log_every_n_steps < 1:
+        raise ConfigError(f"loop.log_every_n_steps: must be a positive integer or null, got {cfg.loop.log_every_n_steps}.")
     if cfg.dataset.limit is not None and cfg.dataset.limit < 2:
         raise ConfigError(f"dataset.limit: must be at least 2 (or null for all), got {cfg.dataset.limit}.")
     class_args("optimizers", "optimizer", cfg.optimizer)

@@ -83,6 +83,29 @@ class MlflowMetrics(keras.callbacks.Callback):
         mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1, synchronous=False)
 
 
+class MlflowBatchLoss(keras.callbacks.Callback):
+    """Logs the running training loss every `every` steps as `batch_loss` (step = global step).
+
+    Only added when loop.log_every_n_steps is set: reading the loss syncs the
+    device with the host, and a batch-end hook turns off Keras' async dispatch.
+    """
+
+    def __init__(self, every):
+        super().__init__()
+        self.every, self.steps = every, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.steps % self.every == 0 and logs and "loss" in logs:
+            mlflow.log_metric("batch_loss", float(logs["loss"]), step=self.steps, synchronous=False)
+
+
+def callbacks(loop_cfg):
+    """The MLflow callbacks for one run, the same for both loops."""
+    batch = [MlflowBatchLoss(loop_cfg.log_every_n_steps)] if loop_cfg.log_every_n_steps else []
+    return [MlflowMetrics(), *batch]
+
+
 def log_model(model, output_dir, save_model):
     """The model summary, the graph and, when asked, the trained model (.keras) as artifacts."""
     out = Path(output_dir)

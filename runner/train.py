@@ -51,8 +51,7 @@ def run(cfg, *, cwd=".", output_dir=None, choices=None, overrides=()):
             batch = cfg.loop.batch_size
             train = data.pipeline(*splits.train, batch, shuffle_seed=cfg.dataset.seed)
             val, test = data.pipeline(*splits.val, batch), data.pipeline(*splits.test, batch)
-            callbacks = [tracking.MlflowMetrics()]
-            results = loops.fit(model, train, val, test, cfg.loop, callbacks)
+            results = loops.train(model, train, val, test, cfg.loop, tracking.callbacks(cfg.loop))
             tracking.mlflow.log_metrics(results, step=cfg.loop.epochs)
             tracking.log_model(model, out, cfg.mlflow.log_model)
             elapsed = time.perf_counter() - started
