@@ -69,6 +69,12 @@ class Config:
     loop: LoopConfig = field(default_factory=LoopConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     seed: int = 42  # weights, dropout and shuffling: one seed, one result
+    resume: Optional[str] = None  # an MLflow run id: continue it from its last checkpoint
+
+
+def load(path, **values):
+    """A config saved as YAML (a run's config.yaml), typed by the schema again, with `values` set."""
+    return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path), values)
 
 
 ConfigStore.instance().store(name="schema", node=Config)

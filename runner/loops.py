@@ -5,11 +5,15 @@ the metric names `loss`, `accuracy`, `val_loss`, `val_accuracy` per epoch, and
 `test_loss`, `test_accuracy` at the end.
 """
 
+import itertools
+import math
+
 import keras
 import tensorflow as tf
 
 from runner import step
 from runner.config import class_args
+from runner.errors import TrainingDiverged
 
 
 def compile_model(model, optimizer_cfg, loss_cfg, jit_compile):
@@ -24,22 +28,35 @@ def compile_model(model, optimizer_cfg, loss_cfg, jit_compile):
     )
 
 
-def train(model, train_ds, val_ds, test_ds, cfg, callbacks):
-    """Train with `cfg.name`'s loop; return the test metrics {"test_loss": ..., "test_accuracy": ...}."""
+def train(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0):
+    """Train with `cfg.name`'s loop from `initial_epoch`; return {"test_loss": ..., "test_accuracy": ...}.
+
+    `train` is (dataset, steps per epoch) from `data.train_pipeline`: the
+    batches of every remaining epoch in one dataset.
+    """
     loop = fit if cfg.name == "fit" else custom
-    return loop(model, train_ds, val_ds, test_ds, cfg, callbacks)
+    return loop(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch)
 
 
-def fit(model, train_ds, val_ds, test_ds, cfg, callbacks):
+def fit(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0):
     """`model.fit`, then `model.evaluate` on the test split."""
-    model.fit(
-        train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, shuffle=False
-    )  # shuffle=False: the pipeline shuffles
+    train_ds, steps = train
+    if initial_epoch < cfg.epochs:
+        model.fit(
+            train_ds,
+            steps_per_epoch=steps,
+            validation_data=val_ds,
+            epochs=cfg.epochs,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            verbose=cfg.verbose,
+            shuffle=False,  # the pipeline shuffles
+        )
     results = model.evaluate(test_ds, return_dict=True, verbose=0)
     return {f"test_{name}": float(value) for name, value in results.items()}
 
 
-def custom(model, train_ds, val_ds, test_ds, cfg, callbacks):
+def custom(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0):
     """Epochs of `runner.step`'s train_step (compiled with tf.function unless loop.eager), with
     Keras callbacks and a progress bar as `fit` drives them."""
     metrics = step.metrics()
@@ -48,16 +65,17 @@ def custom(model, train_ds, val_ds, test_ds, cfg, callbacks):
         jit = model.jit_compile  # compile() resolved "auto"
         train_step, test_step = (tf.function(f, jit_compile=jit, reduce_retracing=True) for f in (train_step, test_step))
     verbose = 1 if cfg.verbose == "auto" else cfg.verbose
-    steps = int(train_ds.cardinality())
+    train_ds, steps = train
+    batches = iter(train_ds)  # one iterator for all epochs, as fit with steps_per_epoch
     callbacks = keras.callbacks.CallbackList(
         callbacks, add_history=True, add_progbar=verbose != 0, model=model, verbose=verbose, epochs=cfg.epochs, steps=steps
     )
     model.stop_training = False
     callbacks.on_train_begin()
     logs = {}
-    for epoch in range(cfg.epochs):
+    for epoch in range(initial_epoch, cfg.epochs):
         callbacks.on_epoch_begin(epoch)
-        logs = _run(train_step, train_ds, metrics, callbacks.on_train_batch_begin, callbacks.on_train_batch_end, model)
+        logs = _run(train_step, batches, metrics, callbacks.on_train_batch_begin, callbacks.on_train_batch_end, model, steps)
         val = _run(test_step, val_ds, metrics)
         logs.update({f"val_{name}": value for name, value in val.items()})
         callbacks.on_epoch_end(epoch, logs)
@@ -67,11 +85,11 @@ def custom(model, train_ds, val_ds, test_ds, cfg, callbacks):
     return {f"test_{name}": value for name, value in _run(test_step, test_ds, metrics).items()}
 
 
-def _run(step_fn, dataset, metrics, on_batch_begin=None, on_batch_end=None, model=None):
-    """One pass of `step_fn` over `dataset`; returns the metrics' results as floats."""
+def _run(step_fn, batches, metrics, on_batch_begin=None, on_batch_end=None, model=None, steps=None):
+    """`step_fn` over `steps` batches (default: all); returns the metrics' results as floats."""
     for metric in metrics.values():
         metric.reset_state()
-    for batch, (x, y) in enumerate(dataset):
+    for batch, (x, y) in zip(range(steps) if steps else itertools.count(), batches):
         if on_batch_begin:
             on_batch_begin(batch)
         step_fn(x, y)
@@ -80,3 +98,20 @@ def _run(step_fn, dataset, metrics, on_batch_begin=None, on_batch_end=None, mode
             if model.stop_training:
                 break
     return {name: float(m.result()) for name, m in metrics.items()}
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops training at the first batch whose loss is NaN or infinite, by raising TrainingDiverged.
+
+    Keras' own TerminateOnNaN only sets `stop_training`, so the epoch's
+    validation still runs and the run would end as if it had succeeded.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.last = epoch + 1, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            raise TrainingDiverged(self.epoch, batch + 1, self.last)
+        self.last = loss

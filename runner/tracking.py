@@ -1,6 +1,8 @@
 """The MLflow stage: where runs go, what each run records, and the per-epoch callback."""
 
 import os
+import socket
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -8,6 +10,8 @@ import keras
 import mlflow
 from mlflow.entities import RunStatus
 from omegaconf import OmegaConf
+
+from runner.errors import ConfigError
 
 UI_PORT = 5000  # `make ui` and `mlflow ui` serve here
 
@@ -42,12 +46,16 @@ def experiment(cfg, cwd):
 
 
 @contextmanager
-def start_run(cfg, cwd, run_name, tags):
-    """An active MLflow run: FINISHED when the block ends, FAILED (with the error as a tag) when it raises."""
+def start_run(cfg, cwd, run_name, tags, resume=None):
+    """An active MLflow run: FINISHED when the block ends, FAILED (with the error as a tag) when it
+    raises, KILLED on Ctrl-C or SIGTERM. `resume` continues that run id instead of starting one."""
     experiment_id = experiment(cfg.mlflow, cwd)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+    close_dead_runs(experiment_id)
+    tags = {**tags, "runner.host": socket.gethostname(), "runner.pid": str(os.getpid())}
+    with mlflow.start_run(run_id=resume, experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         try:
-            mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)), synchronous=True)
+            if resume is None:
+                mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)), synchronous=True)
             yield run
         except BaseException as error:
             mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
@@ -56,6 +64,59 @@ def start_run(cfg, cwd, run_name, tags):
             raise
         finally:
             mlflow.flush_async_logging()
+
+
+def resumable_run(cfg, cwd, run_id):
+    """The MLflow run `run_id`, checked to be one `resume` can continue."""
+    experiment(cfg, cwd)
+    try:
+        run = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException as error:
+        raise ConfigError(f"resume: no run {run_id!r} in {mlflow.get_tracking_uri()}.") from error
+    if run.info.status == "FINISHED":
+        raise ConfigError(f"resume: run {run_id} already FINISHED; there is nothing to resume.")
+    if "runner.output_dir" not in run.data.tags:
+        raise ConfigError(f"resume: run {run_id} has no local checkpoint (tag runner.output_dir).")
+    return run
+
+
+def close_dead_runs(experiment_id):
+    """Mark KILLED the runs this machine left RUNNING from a process that no longer exists (kill -9)."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get("runner.host") != host or not tags.get("runner.pid", "").isdigit():
+            continue
+        if _alive(int(tags["runner.pid"])):
+            continue
+        message = (
+            f"the process (pid {tags['runner.pid']}) ended without closing the run: killed with SIGKILL, "
+            f"or the machine went down. Continue it with: runner resume={run.info.run_id}"
+        )
+        client.set_tag(run.info.run_id, "error", message)
+        client.set_terminated(run.info.run_id, "KILLED")
+        print(f"runner: found run {run.info.run_id} left RUNNING; marked it KILLED: {message}", file=sys.stderr)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+def log_missing_epochs(history):
+    """Log the epochs of a resumed run's checkpoint that MLflow lacks (a kill between the checkpoint
+    and the metrics), so the history ends with exactly one point per epoch."""
+    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+    logged = {m.step for m in client.get_metric_history(run_id, "loss")}
+    for epoch, logs in enumerate(history, start=1):
+        if epoch not in logged:
+            mlflow.log_metrics(logs, step=epoch, synchronous=True)
 
 
 def flatten(tree, prefix=""):

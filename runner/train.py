@@ -4,7 +4,6 @@ Importable and testable without Hydra: the entry point (`runner.main`) only
 hands over the composed config and what Hydra knows about the job.
 """
 
-import logging
 import tempfile
 import time
 from pathlib import Path
@@ -13,7 +12,6 @@ from omegaconf import OmegaConf
 
 from runner import config
 
-log = logging.getLogger("runner")
 GROUPS = ("model", "model-style", "dataset", "optimizer", "loop", "experiment")
 
 
@@ -21,39 +19,61 @@ def run(cfg, *, cwd=".", output_dir=None, choices=None, overrides=()):
     """Train and evaluate one config; return its test metrics.
 
     `cwd` anchors relative paths (the data file, the local MLflow store);
-    `output_dir` receives the run's files (default: a temporary directory);
-    `choices` (group -> option) and `overrides` become MLflow tags.
+    `output_dir` receives the run's files and checkpoints (default: a
+    temporary directory); `choices` (group -> option) and `overrides` become
+    MLflow tags. With `cfg.resume` set to a run id, that run continues from
+    its last checkpoint, with the config it started with.
     """
     cfg = _absolute_paths(cfg, cwd)
     graph = config.validate(cfg)  # milliseconds, before TensorFlow is imported
 
     import keras  # noqa: I001  (imports TensorFlow: only once the config is known to be good)
 
-    from runner import data, loops, models, tracking
+    from runner import checkpoints, data, loops, models, tracking
 
+    resume = cfg.resume
+    if resume:
+        previous = tracking.resumable_run(cfg.mlflow, cwd, resume)
+        output_dir = previous.data.tags["runner.output_dir"]
+        cfg = config.load(Path(output_dir) / "config.yaml", resume=resume)
+        graph = config.validate(cfg)
+        choices, overrides = {}, [f"resume={resume}"]  # the run keeps its name and group tags
     choices = {k: v for k, v in (choices or {}).items() if k in GROUPS and v is not None}
-    tags = {**choices, "overrides": " ".join(overrides)}
     run_name = "-".join(str(choices[g]) for g in GROUPS if g in choices) or None
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(output_dir or scratch)
+        ckpt_dir = out / "checkpoints"
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        with tracking.start_run(cfg, cwd, run_name, tags) as active:
+        if not resume:
+            (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        tags = {**choices, "runner.output_dir": str(out)}
+        tags["resumed_with" if resume else "overrides"] = " ".join(overrides)
+        with tracking.start_run(cfg, cwd, run_name, tags, resume=resume) as active:
             started = time.perf_counter()
             keras.backend.clear_session()  # jobs of a multirun share this process: no leaked names or RNG state
             keras.utils.set_random_seed(cfg.seed)
             splits = data.load(cfg.dataset)
-            model = models.build(graph, cfg.model.style)
-            models.check_output(model, graph, cfg.dataset.num_classes)
-            tracking.mlflow.log_artifact(str(out / "config.yaml"))
-            tracking.mlflow.log_metric("num_params", model.count_params())
-            loops.compile_model(model, cfg.optimizer, cfg.model.loss, cfg.loop.jit_compile)
+            if resume:
+                model, history = checkpoints.load(ckpt_dir)
+                tracking.log_missing_epochs(history)
+            else:
+                model, history = models.build(graph, cfg.model.style), []
+                models.check_output(model, graph, cfg.dataset.num_classes)
+                tracking.mlflow.log_artifact(str(out / "config.yaml"))
+                tracking.mlflow.log_metric("num_params", model.count_params())
+                loops.compile_model(model, cfg.optimizer, cfg.model.loss, cfg.loop.jit_compile)
             batch = cfg.loop.batch_size
-            train = data.pipeline(*splits.train, batch, shuffle_seed=cfg.dataset.seed)
+            train = data.train_pipeline(*splits.train, batch, cfg.dataset.seed, len(history), cfg.loop.epochs)
             val, test = data.pipeline(*splits.val, batch), data.pipeline(*splits.test, batch)
-            results = loops.train(model, train, val, test, cfg.loop, tracking.callbacks(cfg.loop))
+            callbacks = [
+                loops.NonFiniteGuard(),
+                checkpoints.EpochCheckpoint(ckpt_dir, history),  # before MLflow: a logged epoch is a saved epoch
+                *tracking.callbacks(cfg.loop),
+            ]
+            results = loops.train(model, train, val, test, cfg.loop, callbacks, initial_epoch=len(history))
             tracking.mlflow.log_metrics(results, step=cfg.loop.epochs)
             tracking.log_model(model, out, cfg.mlflow.log_model)
+            tracking.mlflow.log_artifact(str(ckpt_dir / checkpoints.STATE), artifact_path="checkpoints")
             elapsed = time.perf_counter() - started
         _summary(active, results, model.count_params(), elapsed, tracking.ui_link(active))
     return results

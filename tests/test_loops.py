@@ -52,7 +52,8 @@ def test_custom_loop_changes_the_weights_and_reports_fit_names(make_cfg):
         def on_epoch_end(self, epoch, logs=None):
             seen.append((epoch, sorted(logs)))
 
-    train, val, test = (data.pipeline(*s, 32) for s in (splits.train, splits.val, splits.test))
+    train = data.train_pipeline(*splits.train, 32, seed=0, first_epoch=0, epochs=2)
+    val, test = data.pipeline(*splits.val, 32), data.pipeline(*splits.test, 32)
     results = loops.custom(model, train, val, test, cfg.loop, [Spy()])
     assert seen == [(e, ["accuracy", "loss", "val_accuracy", "val_loss"]) for e in (0, 1)]
     assert sorted(results) == ["test_accuracy", "test_loss"]

@@ -88,3 +88,16 @@ def test_cli_config_error_is_one_line_and_status_2(tmp_path):
         "Did you mean 'units'?"
     )
     assert "Traceback" not in done.stderr
+
+
+def test_users_config_dir_adds_a_model(tmp_path):
+    (tmp_path / "my_conf" / "model").mkdir(parents=True)
+    (tmp_path / "my_conf" / "model" / "tiny.yaml").write_text(
+        "layers:\n  - {type: Flatten}\n  - {type: Dense, units: '${dataset.num_classes}', activation: softmax}\n"
+    )
+    done = cli("--config-dir", "my_conf", "model=tiny", "loop.epochs=1", "mlflow.log_model=false", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (found,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    assert found.data.tags["model"] == "tiny"
+    assert found.data.metrics["num_params"] == 8 * 8 * 10 + 10
