@@ -19,15 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"
 
 
-def seed_cnn(batch_size, steps, loop="fit"):
-    """The runner's own stages for seed_cnn on MNIST: (cfg, compiled model, train dataset)."""
+def seed_cnn(batch_size, steps, loop="fit", epochs=3):
+    """The runner's own stages for seed_cnn on MNIST: (cfg, compiled model, train, val) with
+    `steps` training batches an epoch."""
     import keras
     from hydra import compose, initialize_config_module
 
     from runner import config, data, loops, models
 
     overrides = ["experiment=seed_mnist", f"dataset.path={MNIST}", f"loop={loop}", f"loop.batch_size={batch_size}",
-                 "loop.verbose=0", f"dataset.limit={batch_size * steps + 10}", "dataset.validation_split=0.001"]
+                 "loop.verbose=0", f"dataset.limit={batch_size * (steps + 1)}", f"dataset.validation_split={1 / (steps + 1)}",
+                 f"loop.epochs={epochs}"]  # exactly `steps` training batches and one validation batch
     with initialize_config_module(config_module="runner.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     graph = config.validate(cfg)
@@ -36,8 +38,9 @@ def seed_cnn(batch_size, steps, loop="fit"):
     splits = data.load(cfg.dataset)
     model = models.build(graph, cfg.model.style)
     loops.compile_model(model, cfg.optimizer, cfg.model.loss, cfg.loop.jit_compile)
-    train = data.pipeline(*splits.train, batch_size, shuffle_seed=cfg.dataset.seed).take(steps)
-    val = data.pipeline(*splits.val, batch_size).take(1)
+    train = data.train_pipeline(*splits.train, batch_size, cfg.dataset.seed, 0, epochs)
+    assert train[1] == steps, train
+    val = data.pipeline(*splits.val, batch_size)  # one batch: the epoch time is training time
     return cfg, model, train, val
 
 
@@ -65,8 +68,7 @@ def runner_loop(loop, batch_size, steps, epochs=3):
     """Steps per second of the runner's `loop` (fit or custom), first (tracing) epoch excluded."""
     from runner import loops
 
-    cfg, model, train, val = seed_cnn(batch_size, steps, loop)
-    cfg.loop.epochs = epochs
+    cfg, model, train, val = seed_cnn(batch_size, steps, loop, epochs)
     timer = EpochTimer()
     driver = loops.fit if loop == "fit" else loops.custom
     driver(model, train, val, val, cfg.loop, [timer])

@@ -104,11 +104,38 @@ def validate(cfg: DictConfig) -> Graph:
     class_args("losses", "model.loss", cfg.model.loss)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     graph = Graph.parse(model["layers"], list(cfg.dataset.input_shape), model["inputs"], model["outputs"])
+    _check_head(graph, cfg.model.loss, cfg.dataset.num_classes)
     if cfg.model.style == "sequential":
         problem = graph.sequential_error()
         if problem:
             raise ConfigError(problem)
     return graph
+
+
+def _check_head(graph, loss, num_classes):
+    """The output layer against the data set and the loss: the tutorial's 10 units for 100
+    classes, or a softmax fed to a loss that applies softmax again (or logits to one that does not)."""
+    head = next(n for n in graph.nodes if n.name == graph.outputs[0])
+    units = head.kwargs.get("units")
+    if head.type == "Dense" and isinstance(units, int) and units != num_classes:
+        raise ConfigError(
+            f"{head.where}: units={units}, but dataset.num_classes is {num_classes}. "
+            "Write `units: ${dataset.num_classes}` so the output follows the data set."
+        )
+    activation = "softmax" if head.type == "Softmax" else head.kwargs.get("activation", "linear")
+    if "crossentropy" not in str(loss.get("class_name", "")).lower():
+        return
+    from_logits = bool(loss.get("from_logits", False))
+    if from_logits and activation == "softmax":
+        raise ConfigError(
+            f"{head.where}: ends in softmax, but model.loss.from_logits is true, so the loss would apply "
+            "softmax a second time. Set model.loss.from_logits=false, or remove the activation."
+        )
+    if not from_logits and activation in (None, "linear"):
+        raise ConfigError(
+            f"{head.where}: outputs logits (no activation), but model.loss expects probabilities "
+            "(from_logits false). Set model.loss.from_logits=true, or add `activation: softmax`."
+        )
 
 
 def class_args(kind, key, section):

@@ -14,6 +14,7 @@ import functools
 import inspect
 import json
 import os
+from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 
@@ -154,10 +155,39 @@ def check(kind, class_name, kwargs, where):
         if arg not in entry["args"]:
             hint = did_you_mean(arg, entry["args"])
             raise ConfigError(f"{where}: unknown argument {arg!r} for keras.{kind}.{name}.{hint}")
+    for arg, value in kwargs.items():
+        expected = _expected_type(entry["args"][arg], value)
+        if expected:
+            raise ConfigError(
+                f"{where}: argument {arg!r} of keras.{kind}.{name} expects {expected} "
+                f"(its default is {entry['args'][arg]!r}), got {value!r} ({type(value).__name__})."
+            )
     for arg in entry["required"]:
         if arg not in kwargs:
             raise ConfigError(f"{where}: missing required argument {arg!r} for keras.{kind}.{name}.")
     return name
+
+
+def _expected_type(default, value):
+    """What `value` should be, judged by the type of the argument's default, or None when it fits.
+
+    Lenient where Keras is: an int argument may take a tuple (strides: [2, 2]),
+    and any argument may take a serialized Keras object ({class_name: ...}).
+    """
+    if value is None or default is None or isinstance(value, Mapping):
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(value, bool):
+        return "a number" if isinstance(default, (int, float)) else "a string"
+    if isinstance(default, int):
+        ints = value if isinstance(value, (list, tuple)) else [value]
+        return None if all(isinstance(v, int) for v in ints) else "an integer (or a list of integers)"
+    if isinstance(default, float):
+        return None if isinstance(value, (int, float)) else "a number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string"
+    return None
 
 
 def did_you_mean(word, choices):

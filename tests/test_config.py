@@ -66,6 +66,14 @@ def test_experiment_preset_overlays_groups(make_cfg):
         ("model.style=sequentail", r"model.style: unknown value 'sequentail'.*Did you mean 'sequential'"),
         ("dataset.validation_split=1.5", r"dataset.validation_split: must be between 0 and 1"),
         ("model.layers.0.type=Lambda", r"keras.layers.Lambda is not allowed here: it runs arbitrary Python code"),
+        ("+model.layers.3.use_bias=1", r"argument 'use_bias' of keras.layers.Dense expects true or false .*got 1 \(int\)"),
+        ("+model.layers.0.padding=3", r"argument 'padding' of keras.layers.Conv2D expects a string"),
+        ("+optimizer.beta_1=fast", r"optimizer: argument 'beta_1' of keras.optimizers.Adam expects a number"),
+        ("model.layers.4.units=7", r"model.layers\[4\] \(Dense 'dense_1'\): units=7, but dataset.num_classes is 10"),
+        ("model.loss.from_logits=true", r"ends in softmax, but model.loss.from_logits is true"),
+        ("model.layers.4.activation=null", r"outputs logits \(no activation\), but model.loss expects probabilities"),
+        ("+model.loss.reduction=3", r"model.loss: argument 'reduction' of keras.losses.SparseCategoricalCrossentropy"),
+        ("dataset.num_classes=0", r"dataset.num_classes: must be a positive integer, got 0"),
     ],
 )
 def test_bad_values_are_named(make_cfg, override, message):

@@ -1,0 +1,100 @@
+"""Runs that go wrong: NaN losses, SIGTERM, kill -9 and resume. Nothing is lost, nothing left RUNNING."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from runner.errors import TrainingDiverged
+from runner.train import run
+
+DIVERGE = ["optimizer=sgd", "optimizer.learning_rate=1e12", "optimizer.momentum=0.0"]
+
+
+def runs(uri):
+    client = MlflowClient(uri)
+    return client, client.search_runs([client.get_experiment_by_name("runner").experiment_id], order_by=["start_time"])
+
+
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_diverging_run_stops_at_the_first_nan_and_fails(make_cfg, store, tmp_path, loop):
+    cfg = make_cfg(*DIVERGE, f"loop={loop}", "loop.epochs=3", f"mlflow.tracking_uri={store}")
+    with pytest.raises(TrainingDiverged, match=r"non-finite at epoch 1, step \d+ \(last finite running loss: "):
+        run(cfg, cwd=tmp_path)
+    client, (found,) = runs(store)
+    assert found.info.status == "FAILED"
+    assert "TrainingDiverged: the training loss became non-finite at epoch 1" in found.data.tags["error"]
+    assert client.get_metric_history(found.info.run_id, "loss") == []  # stopped inside epoch 1
+
+
+def start(args, cwd):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_checkpoint(cwd, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if list(Path(cwd).glob("outputs/*/*/checkpoints/last.json")):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_cli_diverging_run_exits_3(tmp_path):
+    proc = start([*DIVERGE, "loop.verbose=0"], tmp_path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3, err
+    assert err.strip().splitlines()[-1].startswith("runner: training diverged: the training loss became non-finite")
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_run_killed_keeps_the_checkpoint_and_exits_promptly(tmp_path):
+    proc = start(["loop.epochs=500", "loop.verbose=0"], tmp_path)
+    wait_for_checkpoint(tmp_path, proc)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 10
+    assert proc.returncode == 143, err
+    assert "runner: interrupted: terminated by SIGTERM" in err
+    _, (found,) = runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert found.info.status == "KILLED"
+    assert list(tmp_path.glob("outputs/*/*/checkpoints/last.keras"))
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_one_point_per_epoch_and_the_same_result(tmp_path):
+    args = ["loop.epochs=12", "loop.verbose=0", "mlflow.log_model=false"]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    uninterrupted = start(args, tmp_path / "a")
+    killed = start(args, tmp_path / "b")
+    wait_for_checkpoint(tmp_path / "b", killed)
+    killed.kill()
+    killed.wait()
+    assert uninterrupted.wait(timeout=300) == 0
+    uri = f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
+    _, (left,) = runs(uri)
+    assert left.info.status == "RUNNING"  # what kill -9 leaves behind
+    resumed = start([f"resume={left.info.run_id}"], tmp_path / "b")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "marked it KILLED" in err  # the next start noticed the dead run
+    client, (found,) = runs(uri)
+    assert found.info.run_id == left.info.run_id and found.info.status == "FINISHED"
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert [m.step for m in client.get_metric_history(found.info.run_id, key)] == list(range(1, 13)), key
+    _, (reference,) = runs(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}")
+    # Same batches in the same order (the order is a function of seed and epoch) and the
+    # restored optimizer state: the same arithmetic, equal up to float summation order.
+    for key in ("test_accuracy", "test_loss", "loss"):
+        assert found.data.metrics[key] == pytest.approx(reference.data.metrics[key], rel=1e-4), key
