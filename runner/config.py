@@ -26,6 +26,7 @@ class ModelConfig:
     layers: List[Any] = MISSING  # each: {type: <keras.layers class>, name?, inputs?, **its arguments}
     inputs: Optional[List[Any]] = None  # [{name, shape}]; default: one input of dataset.input_shape
     outputs: Optional[Any] = None  # a layer name or a list; default: the last layer
+    custom_layers: List[str] = field(default_factory=list)  # opt-in: modules whose layers `type: module.Class` names
     style: str = "functional"  # set by the model-style group
     loss: Dict[str, Any] = field(
         default_factory=lambda: {"class_name": "SparseCategoricalCrossentropy", "from_logits": False}
@@ -103,7 +104,9 @@ def validate(cfg: DictConfig) -> Graph:
     class_args("optimizers", "optimizer", cfg.optimizer)
     class_args("losses", "model.loss", cfg.model.loss)
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    graph = Graph.parse(model["layers"], list(cfg.dataset.input_shape), model["inputs"], model["outputs"])
+    graph = Graph.parse(
+        model["layers"], list(cfg.dataset.input_shape), model["inputs"], model["outputs"], model["custom_layers"]
+    )
     _check_head(graph, cfg.model.loss, cfg.dataset.num_classes)
     if cfg.model.style == "sequential":
         problem = graph.sequential_error()

@@ -28,7 +28,11 @@ class Node:
 
     @property
     def list_input(self):
-        return keras_api.index()["layers"][self.type]["list_input"]
+        return keras_api.index()["layers"].get(self.type, {"list_input": True})["list_input"]
+
+    @property
+    def merge(self):
+        return keras_api.index()["layers"].get(self.type, {"merge": False})["merge"]
 
 
 @dataclass(frozen=True)
@@ -36,18 +40,21 @@ class Graph:
     inputs: dict  # model input name -> shape (without the batch axis)
     nodes: tuple  # Node, in topological order
     outputs: tuple  # names of the nodes that are model outputs
+    custom_layers: tuple = ()  # modules whose layer classes `type: module.Class` may name
 
     @classmethod
-    def parse(cls, layers, input_shape=None, inputs=None, outputs=None):
+    def parse(cls, layers, input_shape=None, inputs=None, outputs=None, custom_layers=()):
         """Validate a model config's `layers`, `inputs` and `outputs` into a Graph.
 
         `inputs` is a list of {name, shape}; without it the model has one input,
-        named "input", of `input_shape` (the data set's).
+        named "input", of `input_shape` (the data set's). `custom_layers` lists
+        the Python modules the user allows layer types from (their code runs).
         """
         model_inputs = _model_inputs(inputs, input_shape)
+        custom_layers = tuple(custom_layers or ())
         if not isinstance(layers, (list, tuple)) or not layers:
             raise ConfigError("model.layers: expected a non-empty list of layers, each with a `type`.")
-        entries = [_entry(i, spec) for i, spec in enumerate(layers)]
+        entries = [_entry(i, spec, custom_layers) for i, spec in enumerate(layers)]
         names = _names(entries, model_inputs)
         nodes = []
         for i, (type_, given_name, given_inputs, kwargs) in enumerate(entries):
@@ -60,7 +67,7 @@ class Graph:
                 if name not in known:
                     hint = keras_api.did_you_mean(name, sorted(known))
                     raise ConfigError(f"{node.where}: unknown input {name!r}.{hint}")
-            if keras_api.index()["layers"][node.type]["merge"] and len(node.inputs) < 2:
+            if node.merge and len(node.inputs) < 2:
                 raise ConfigError(
                     f"{node.where}: a merge layer needs at least 2 inputs, got {list(node.inputs)}. "
                     "List them: `inputs: [a, b]`."
@@ -69,7 +76,7 @@ class Graph:
         for name in outs:
             if name not in names:
                 raise ConfigError(f"model.outputs: unknown layer {name!r}.{keras_api.did_you_mean(name, names)}")
-        graph = cls(model_inputs, _topological(nodes), outs)
+        graph = cls(model_inputs, _topological(nodes), outs, custom_layers)
         graph._check_connected()
         return graph
 
@@ -124,6 +131,7 @@ class Graph:
             "inputs": [{"name": name, "shape": list(shape)} for name, shape in self.inputs.items()],
             "layers": [{"type": n.type, "name": n.name, "inputs": list(n.inputs), **n.kwargs} for n in self.nodes],
             "outputs": list(self.outputs),
+            "custom_layers": list(self.custom_layers),
         }
 
 
@@ -145,7 +153,7 @@ def _model_inputs(inputs, input_shape):
     return result
 
 
-def _entry(i, spec):
+def _entry(i, spec, custom_layers):
     """(type, name or None, inputs or None, kwargs) of one layer entry, its type and arguments checked."""
     where = f"model.layers[{i}]"
     if not isinstance(spec, Mapping) or "type" not in spec:
@@ -158,21 +166,33 @@ def _entry(i, spec):
             f"{where}: remove `input_shape`/`input_dim`: the model's input shape comes from "
             "`dataset.input_shape` (or `model.inputs`)."
         )
-    type_ = _check_layer(type_, kwargs, where)
+    type_ = _check_layer(type_, kwargs, where, custom_layers)
     if name is not None and (not isinstance(name, str) or not name):
         raise ConfigError(f"{where}: `name` must be a non-empty string, got {name!r}.")
     return type_, name, spec.get("inputs"), kwargs
 
 
-def _check_layer(type_, kwargs, where):
+def _check_layer(type_, kwargs, where, custom_layers):
     """Check a layer's type and arguments, and those of layers nested in its arguments
-    (`Bidirectional(layer: {type: LSTM, ...})`); return Keras' spelling of the type."""
-    type_ = keras_api.check("layers", type_, kwargs, where)
+    (`Bidirectional(layer: {type: LSTM, ...})`); return Keras' spelling of the type.
+
+    A custom type (`module.Class`) is checked only for its module being allowed;
+    Keras checks its arguments when the layer is built.
+    """
+    if isinstance(type_, str) and "." in type_:
+        module = type_.rpartition(".")[0]
+        if module not in custom_layers:
+            raise ConfigError(
+                f"{where}: {type_!r} is a custom layer from module {module!r}. Custom layers run your code, "
+                f"so the model must allow the module by name: `custom_layers: [{module}]` in the model config."
+            )
+    else:
+        type_ = keras_api.check("layers", type_, kwargs, where)
     for arg, value in kwargs.items():
         for j, item in enumerate(value if isinstance(value, (list, tuple)) else [value]):
             if isinstance(item, Mapping) and "type" in item:
                 sub = f"{where}.{arg}" + (f"[{j}]" if isinstance(value, (list, tuple)) else "")
-                _check_layer(item["type"], {k: v for k, v in item.items() if k != "type"}, sub)
+                _check_layer(item["type"], {k: v for k, v in item.items() if k != "type"}, sub, custom_layers)
     return type_
 
 

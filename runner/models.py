@@ -5,6 +5,8 @@ layers, the same parameter count and (with one seed) the same initial weights.
 Building does nothing else: no compile, no training, no logging.
 """
 
+import importlib
+
 import keras
 
 from runner.errors import ConfigError
@@ -108,9 +110,16 @@ def make_layer(node):
 
 
 def _instantiate(spec):
-    """A keras.layers object from a {type: ..., **kwargs} dict, nested layer specs included."""
+    """A keras.layers object from a {type: ..., **kwargs} dict, nested layer specs included.
+
+    `type: module.Class` imports an allowed custom layer (Graph.parse checked the module).
+    """
     kwargs = {key: _nested(value) for key, value in spec.items() if key != "type"}
-    return getattr(keras.layers, spec["type"])(**kwargs)
+    module, _, name = spec["type"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name) if module else getattr(keras.layers, name)
+    if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
+        raise ConfigError(f"{spec['type']!r} is not a keras.layers.Layer subclass.")
+    return cls(**kwargs)
 
 
 def _nested(value):

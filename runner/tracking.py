@@ -1,6 +1,7 @@
 """The MLflow stage: where runs go, what each run records, and the per-epoch callback."""
 
 import os
+import re
 import socket
 import sys
 from contextlib import contextmanager
@@ -55,7 +56,7 @@ def start_run(cfg, cwd, run_name, tags, resume=None):
     with mlflow.start_run(run_id=resume, experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         try:
             if resume is None:
-                mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)), synchronous=True)
+                mlflow.log_params(params(cfg), synchronous=True)
             yield run
         except BaseException as error:
             mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
@@ -117,6 +118,15 @@ def log_missing_epochs(history):
     for epoch, logs in enumerate(history, start=1):
         if epoch not in logged:
             mlflow.log_metrics(logs, step=epoch, synchronous=True)
+
+
+SECRET = re.compile(r"password|secret|token|api_?key|credential", re.IGNORECASE)
+
+
+def params(cfg):
+    """The resolved config as MLflow params: dotted keys, secret-looking values masked."""
+    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
+    return {k: "***" if SECRET.search(k.rpartition(".")[2]) else v for k, v in flat.items()}
 
 
 def flatten(tree, prefix=""):

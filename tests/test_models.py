@@ -100,3 +100,30 @@ def test_subclass_model_saves_and_loads(tmp_path, make_cfg):
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     x = np.ones((1, 8, 8, 1), np.float32)
     np.testing.assert_allclose(np.asarray(model(x)), np.asarray(loaded(x)), rtol=1e-6)
+
+
+CUSTOM = '''
+import keras
+
+
+@keras.saving.register_keras_serializable(package="my_layers")
+class Scale(keras.layers.Layer):
+    def __init__(self, factor=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+'''
+
+
+def test_custom_layers_need_an_explicit_opt_in(tmp_path, monkeypatch):
+    (tmp_path / "my_layers.py").write_text(CUSTOM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    layers = [{"type": "my_layers.Scale", "factor": 0.5}, {"type": "Flatten"}, {"type": "Dense", "units": 3}]
+    with pytest.raises(ConfigError, match=r"'my_layers.Scale' is a custom layer .* `custom_layers: \[my_layers\]`"):
+        Graph.parse(layers, input_shape=[4, 4, 1])
+    graph = Graph.parse(layers, input_shape=[4, 4, 1], custom_layers=["my_layers"])
+    built = build_all(graph)
+    assert len({m.count_params() for m in built.values()}) == 1
+    assert type(built["functional"].layers[1]).__name__ == "Scale"

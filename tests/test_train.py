@@ -101,3 +101,11 @@ def test_users_config_dir_adds_a_model(tmp_path):
     (found,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
     assert found.data.tags["model"] == "tiny"
     assert found.data.metrics["num_params"] == 8 * 8 * 10 + 10
+
+
+def test_secret_looking_values_are_not_logged(make_cfg):
+    from runner import tracking
+
+    flat = tracking.params(make_cfg("+mlflow.api_token=abc", "+dataset.password=hunter2"))
+    assert flat["mlflow.api_token"] == "***" and flat["dataset.password"] == "***"
+    assert flat["optimizer.learning_rate"] == 0.001
