@@ -13,8 +13,8 @@ install: ## install runner and the test tools into the current Python environmen
 run: ## train the default experiment (seed_cnn on the bundled digits) and log it to ./mlflow.db
 	runner
 
-sweep: ## the tutorial's comparison on digits: three model styles, one MLflow run each
-	runner -m model-style=sequential,functional,subclass
+sweep: ## the tutorial's comparison on digits: three model styles x fit/custom, jobs in parallel
+	runner -m hydra/launcher=parallel model-style=sequential,functional,subclass loop=fit,custom
 
 ui: ## the MLflow UI for ./mlflow.db on http://127.0.0.1:$(PORT) (localhost only)
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)

@@ -5,6 +5,8 @@ The schema makes OmegaConf reject an unknown or mistyped key at compose time;
 arguments against Keras' own signatures, the layer graph, and value ranges.
 """
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -63,12 +65,19 @@ class MlflowConfig:
 
 
 @dataclass
+class SweepConfig:
+    preflight: bool = True  # validate every point and build its model before the first job trains
+    resume: bool = False  # skip points whose identical config already has a FINISHED run
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     optimizer: Dict[str, Any] = field(default_factory=dict)  # {class_name: <keras.optimizers class>, **its arguments}
     loop: LoopConfig = field(default_factory=LoopConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 42  # weights, dropout and shuffling: one seed, one result
     resume: Optional[str] = None  # an MLflow run id: continue it from its last checkpoint
 
@@ -154,3 +163,11 @@ def _one_of(key, value, choices, group):
     if value not in choices:
         hint = keras_api.did_you_mean(str(value), choices)
         raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(choices)} ({group}=...).{hint}")
+
+
+def fingerprint(cfg):
+    """A hash of what determines a run's result: the resolved config, less where it is logged."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("mlflow", "sweep", "resume"):
+        plain.pop(key, None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -67,6 +67,86 @@ def start_run(cfg, cwd, run_name, tags, resume=None):
             mlflow.flush_async_logging()
 
 
+def start_parent(experiment_id, name, sweep_dir, tags):
+    """A sweep's parent run, left RUNNING for its jobs to nest under; returns its id.
+
+    Made with the client, not `mlflow.start_run`: jobs of the basic launcher run
+    in this same process and must not find it as their active run.
+    """
+    tags = {**tags, "runner.sweep_dir": sweep_dir, "runner.host": socket.gethostname(), "runner.pid": str(os.getpid())}
+    return mlflow.MlflowClient().create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def record_failure(cfg, cwd, run_name, tags, error):
+    """A FAILED run for a job that failed before its run could start (a bad value in one sweep point)."""
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment(cfg, cwd), run_name=run_name, tags={**tags, "error": str(error)[:5000]})
+    client.set_terminated(run.info.run_id, "FAILED")
+
+
+def sweep_parent(experiment_id, sweep_dir):
+    """The RUNNING parent run of the sweep writing to `sweep_dir`, or None."""
+    found = mlflow.MlflowClient().search_runs(
+        [experiment_id], f"tags.`runner.sweep_dir` = '{sweep_dir}' and attributes.status = 'RUNNING'", max_results=1
+    )
+    return found[0] if found else None
+
+
+def finished_run(experiment_id, fingerprint):
+    """A FINISHED run of the identical config, or None."""
+    found = mlflow.MlflowClient().search_runs(
+        [experiment_id], f"tags.`runner.config_hash` = '{fingerprint}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return found[0] if found else None
+
+
+def sweep_rows(parent_id, fingerprints=None):
+    """The leaderboard's rows, best test accuracy first: one per grid point (the latest run of its
+    config, from this sweep or an earlier one), else one per child run of the parent."""
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    runs = {}
+    if fingerprints:
+        for point, fingerprint in fingerprints.items():
+            found = client.search_runs(
+                [experiment_id], f"tags.`runner.config_hash` = '{fingerprint}'", order_by=["attributes.start_time DESC"]
+            )
+            found = [r for r in found if r.info.status == "FINISHED"] or found
+            runs[point] = found[0] if found else None
+    else:
+        for run in client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"):
+            runs[run.data.tags.get("overrides", "")] = run
+    rows = []
+    for point, run in runs.items():
+        if run is None:
+            rows.append({"overrides": point, "status": "MISSING"})
+            continue
+        metrics, info = run.data.metrics, run.info
+        rows.append({
+            "overrides": point, "status": info.status, "run_id": info.run_id,
+            "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
+            "epochs": len(client.get_metric_history(info.run_id, "loss")),
+            "wall_s": round((info.end_time - info.start_time) / 1000, 1) if info.end_time else None,
+        })
+    rows.sort(key=lambda r: -(r.get("test_accuracy") or -1.0))
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+    return rows
+
+
+def end_parent(parent_id, rows, files, failed):
+    """Log the leaderboard files and the best test accuracy to the parent run, and end it."""
+    client = mlflow.MlflowClient()
+    for name, text in files.items():
+        client.log_text(parent_id, text, f"leaderboard/{name}")
+    best = [r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None]
+    if best:
+        client.log_metric(parent_id, "best_test_accuracy", max(best))
+    client.set_tag(parent_id, "jobs_failed", str(failed))
+    client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+
+
 def resumable_run(cfg, cwd, run_id):
     """The MLflow run `run_id`, checked to be one `resume` can continue."""
     experiment(cfg, cwd)
@@ -101,13 +181,15 @@ def close_dead_runs(experiment_id):
 
 
 def _alive(pid):
+    if pid == os.getpid():
+        return True  # this process: a sweep's parent run while its jobs run here
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return pid != os.getpid()
+    return True
 
 
 def log_missing_epochs(history):

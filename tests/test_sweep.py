@@ -1,0 +1,92 @@
+"""Sweeps (`runner -m`): a parent run with nested jobs, a leaderboard, preflight, failures, parallel jobs, resume."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+QUICK = ["loop.epochs=2", "dataset.limit=300", "loop.verbose=0", "mlflow.log_model=false"]
+
+
+def sweep(cwd, *args):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-m", "runner", "-m", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def family(cwd):
+    """{parent run: [its child runs]} in the sweep's store."""
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    parents = [r for r in runs if "runner.sweep_dir" in r.data.tags]
+    return client, {p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id]
+                    for p in parents}, {r.info.run_id: r for r in runs}
+
+
+def test_sweep_is_one_parent_with_nested_jobs_and_a_leaderboard(tmp_path):
+    done = sweep(tmp_path, "model-style=sequential,subclass", "optimizer=adam,sgd", *QUICK)
+    assert done.returncode == 0, done.stderr
+    client, families, runs = family(tmp_path)
+    ((parent_id, children),) = families.items()
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    assert sorted(c.info.run_name for c in children) == [  # the name is what differs between jobs
+        "model-style=sequential optimizer=adam", "model-style=sequential optimizer=sgd",
+        "model-style=subclass optimizer=adam", "model-style=subclass optimizer=sgd",
+    ]
+    parent = runs[parent_id]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_test_accuracy"] == max(c.data.metrics["test_accuracy"] for c in children)
+    artifacts = {a.path for a in client.list_artifacts(parent_id, "leaderboard")}
+    assert artifacts == {f"leaderboard/leaderboard.{ext}" for ext in ("md", "csv", "html")}
+    assert "| rank | overrides | status | val_accuracy | test_accuracy | epochs | wall_s | run_id |" in done.stdout
+    assert "4 of 4 jobs FINISHED" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 1 ")]
+    best = max(c.data.metrics["test_accuracy"] for c in children)
+    assert float(rows[0].split("|")[5]) == pytest.approx(best, abs=1e-4)  # best first
+
+
+def test_preflight_reports_a_broken_point_before_any_job(tmp_path):
+    done = sweep(tmp_path, "model=seed_cnn,resnet_small", "model-style=sequential", *QUICK)
+    assert done.returncode == 2
+    assert "preflight: 1 of 2 sweep points are broken; no job was started" in done.stderr
+    assert "model=resnet_small model-style=sequential" in done.stderr and "builds chains only" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_failing_job_is_recorded_and_the_others_finish(tmp_path):
+    done = sweep(tmp_path, "model=seed_cnn,resnet_small", "model-style=sequential", "sweep.preflight=false", *QUICK)
+    assert done.returncode == 1
+    assert "1 of 2 jobs FINISHED, 1 not" in done.stdout
+    _, families, runs = family(tmp_path)
+    ((parent_id, children),) = families.items()
+    status = {c.info.run_name: c.info.status for c in children}
+    assert status == {"model=seed_cnn": "FINISHED", "model=resnet_small": "FAILED"}
+    failed = next(c for c in children if c.info.status == "FAILED")
+    assert "builds chains only" in failed.data.tags["error"]
+    assert runs[parent_id].info.status == "FAILED" and runs[parent_id].data.tags["jobs_failed"] == "1"
+
+
+@pytest.mark.slow
+def test_parallel_jobs_lose_nothing_and_resume_reruns_only_what_is_missing(tmp_path):
+    args = ["hydra/launcher=parallel", "hydra.launcher.n_jobs=4", "optimizer=adam,sgd,rmsprop,adamw", *QUICK]
+    done = sweep(tmp_path, *args)
+    assert done.returncode == 0, done.stderr
+    client, families, _ = family(tmp_path)
+    ((parent_id, children),) = families.items()
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    for child in children:  # every point of every job arrived, once
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [1, 2], key
+    assert len(client.search_experiments()) == 2  # "Default" and "runner": no duplicate from a race
+
+    failed = children[0]
+    client.set_terminated(failed.info.run_id, "FAILED")  # as if that job had crashed
+    again = sweep(tmp_path, "sweep.resume=true", *args)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("skipped, the identical config already FINISHED") == 3
+    _, families, _ = family(tmp_path)
+    new_children = [c for p, cs in families.items() if p != parent_id for c in cs]
+    assert [c.info.run_name for c in new_children] == [failed.info.run_name]  # only the failed point re-ran
+    assert "4 of 4 jobs FINISHED" in again.stdout
