@@ -1,8 +1,9 @@
 # runner: `make help` lists the targets.
 PYTHON ?= python
 PORT ?= 5000
+SERVER_PORT ?= 5001
 
-.PHONY: help install run sweep ui test test-fast
+.PHONY: help install run sweep ui server test test-fast
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,6 +19,10 @@ sweep: ## the tutorial's comparison on digits: three model styles x fit/custom, 
 
 ui: ## the MLflow UI for ./mlflow.db on http://127.0.0.1:$(PORT) (localhost only)
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+
+server: ## an MLflow tracking server on http://127.0.0.1:$(SERVER_PORT), SQLite-backed (Ctrl-C stops it)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port $(SERVER_PORT) --workers 1 \
+		--backend-store-uri sqlite:///$(CURDIR)/mlflow-server.db --artifacts-destination $(CURDIR)/mlartifacts-server
 
 test: ## every test, the slow (real training) ones included
 	$(PYTHON) -m pytest

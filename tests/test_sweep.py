@@ -90,3 +90,64 @@ def test_parallel_jobs_lose_nothing_and_resume_reruns_only_what_is_missing(tmp_p
     new_children = [c for p, cs in families.items() if p != parent_id for c in cs]
     assert [c.info.run_name for c in new_children] == [failed.info.run_name]  # only the failed point re-ran
     assert "4 of 4 jobs FINISHED" in again.stdout
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_sweep_logs_to_a_real_tracking_server(tmp_path):
+    import signal
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+         str(tmp_path / "server-artifacts")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "server did not start"
+                time.sleep(0.5)
+        done = subprocess.run(
+            [sys.executable, "-m", "runner", "-m", "optimizer=adam,sgd", *QUICK], cwd=tmp_path,
+            env={**os.environ, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+        assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert len(runs) == 3 and len(children) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+        assert {a.path for a in client.list_artifacts(children[0].info.run_id)} >= {"config.yaml", "model_summary.txt"}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_optuna_search_maximises_validation_accuracy(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    done = sweep(tmp_path, "hydra/sweeper=tune", "hydra.sweeper.n_trials=3",
+                 "optimizer.learning_rate=tag(log,interval(1e-4,1e-1))", *QUICK)
+    assert done.returncode == 0, done.stderr
+    _, families, _ = family(tmp_path)
+    ((parent_id, trials),) = families.items()
+    assert len(trials) == 3 and {t.info.status for t in trials} == {"FINISHED"}
+    best = max(t.data.metrics["val_accuracy"] for t in trials)
+    assert f"Best value: {best}" in done.stdout + done.stderr  # the job returns its validation accuracy
