@@ -20,6 +20,7 @@ from runner.graph import Graph
 
 STYLES = ("sequential", "functional", "subclass")
 LOOPS = ("fit", "custom")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 DATASETS = ("digits", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100")
 
 
@@ -53,6 +54,7 @@ class LoopConfig:
     batch_size: int = 32  # the tutorial's, and Keras' default
     jit_compile: Any = "auto"  # Keras' "auto" is XLA off on CPU-only machines
     verbose: Any = "auto"  # Keras' progress output: "auto", 0, 1 or 2
+    precision: str = "float32"  # or mixed_bfloat16 / mixed_float16 (Keras' mixed-precision policies)
     eager: bool = False  # loop=custom: run the step eagerly (no tf.function), to step through it in a debugger
     log_every_n_steps: Optional[int] = None  # also log the batch loss to MLflow every N steps
 
@@ -100,6 +102,7 @@ def validate(cfg: DictConfig) -> Graph:
     _one_of("model.style", cfg.model.style, STYLES, "model-style")
     _one_of("loop.name", cfg.loop.name, LOOPS, "loop")
     _one_of("dataset.name", cfg.dataset.name, DATASETS, "dataset")
+    _one_of("loop.precision", cfg.loop.precision, PRECISIONS, "loop.precision")
     for key in ("loop.epochs", "loop.batch_size", "dataset.num_classes"):
         value = OmegaConf.select(cfg, key)
         if value < 1:

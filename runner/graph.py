@@ -6,7 +6,7 @@ milliseconds. The three model styles (`runner.models`) replay `Graph.nodes`.
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from runner import keras_api
 from runner.errors import ConfigError
@@ -21,6 +21,7 @@ class Node:
     type: str  # a class name in keras.layers
     inputs: tuple  # names of model inputs or earlier nodes
     kwargs: dict  # the layer's own keyword arguments; nested layers stay {type: ...} dicts
+    output: bool = False  # a model output
 
     @property
     def where(self):
@@ -76,6 +77,7 @@ class Graph:
         for name in outs:
             if name not in names:
                 raise ConfigError(f"model.outputs: unknown layer {name!r}.{keras_api.did_you_mean(name, names)}")
+        nodes = [replace(n, output=n.name in outs) for n in nodes]
         graph = cls(model_inputs, _topological(nodes), outs, custom_layers)
         graph._check_connected()
         return graph

@@ -16,7 +16,11 @@ STYLES = ("sequential", "functional", "subclass")
 
 
 def build(graph, style):
-    """A Keras model of `graph` in `style` (one of STYLES), built and ready to compile."""
+    """A Keras model of `graph` in `style` (one of STYLES), built and ready to compile.
+
+    Under a mixed-precision policy the output layers compute in float32, so the
+    softmax and the loss keep their precision.
+    """
     if style == "sequential":
         return sequential(graph)
     if style == "functional":
@@ -106,7 +110,10 @@ def replay(graph, layers, tensors):
 
 
 def make_layer(node):
-    return _keras_call(node, lambda: _instantiate({"type": node.type, "name": node.name, **node.kwargs}))
+    spec = {"type": node.type, "name": node.name, **node.kwargs}
+    if node.output and keras.mixed_precision.global_policy().name != "float32":
+        spec.setdefault("dtype", "float32")
+    return _keras_call(node, lambda: _instantiate(spec))
 
 
 def _instantiate(spec):

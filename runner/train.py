@@ -71,6 +71,7 @@ def run(cfg, *, cwd=".", output_dir=None, choices=None, overrides=(), sweep_dir=
             started = time.perf_counter()
             keras.backend.clear_session()  # jobs of a multirun share this process: no leaked names or RNG state
             keras.utils.set_random_seed(cfg.seed)
+            keras.mixed_precision.set_global_policy(cfg.loop.precision)  # every job sets it: jobs share a process
             splits = data.load(cfg.dataset)
             if resume:
                 model, history = checkpoints.load(ckpt_dir)

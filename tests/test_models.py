@@ -127,3 +127,16 @@ def test_custom_layers_need_an_explicit_opt_in(tmp_path, monkeypatch):
     built = build_all(graph)
     assert len({m.count_params() for m in built.values()}) == 1
     assert type(built["functional"].layers[1]).__name__ == "Scale"
+
+
+@pytest.mark.parametrize("style", models.STYLES)
+def test_mixed_precision_keeps_the_output_layer_in_float32(make_cfg, style):
+    graph = config.validate(make_cfg("model=seed_cnn"))
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = models.build(graph, style)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    layers = [layer for layer in model.layers if layer.weights]
+    assert [layer.dtype_policy.name for layer in layers] == ["mixed_bfloat16"] * 3 + ["float32"]
+    assert model(np.zeros((1, 8, 8, 1), np.float32)).dtype == "float32"
