@@ -3,7 +3,7 @@ PYTHON ?= python
 PORT ?= 5000
 SERVER_PORT ?= 5001
 
-.PHONY: help install run sweep ui server test test-fast
+.PHONY: help install run sweep ui server test test-fast bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,3 +29,6 @@ test: ## every test, the slow (real training) ones included
 
 test-fast: ## the fast tests only (under about 3 minutes)
 	$(PYTHON) -m pytest -m "not slow"
+
+bench: ## the benchmarks against plain Keras (about 14 minutes; needs ../shared/data/mnist.npz)
+	$(PYTHON) bench/bench.py
