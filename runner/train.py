@@ -17,7 +17,7 @@ GROUPS = ("model", "model-style", "dataset", "optimizer", "loop", "experiment")
 
 
 def run(cfg, *, cwd=".", output_dir=None, choices=None, overrides=(), sweep_dir=None, threads=None):
-    """Train and evaluate one config; return its test metrics.
+    """Train and evaluate one config; return its last validation and its test metrics.
 
     `cwd` anchors relative paths (the data file, the local MLflow store);
     `output_dir` receives the run's files and checkpoints (default: a
