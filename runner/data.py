@@ -4,6 +4,7 @@ Images stay uint8 in memory and are scaled to [0, 1] per batch inside the
 pipeline: the tutorial's `x / 255.0` made float64 copies eight times the size.
 """
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,12 +78,23 @@ def _read_npz(path):
 
 
 def _digits():
-    """scikit-learn's bundled 8x8 digits (0..16 grey levels) as uint8 images, with a fixed test split."""
-    from sklearn.datasets import load_digits
+    """scikit-learn's bundled 8x8 digits (0..16 grey levels) as uint8 images, with a fixed test split.
 
-    digits = load_digits()
-    x = np.round(digits.images * (255 / 16)).astype(np.uint8)
-    y = digits.target.astype(np.uint8)
+    Read from the CSV that scikit-learn ships, found without importing
+    scikit-learn (a second of start-up); `load_digits` where the file moved.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    csv = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if csv is not None and csv.is_file():
+        table = np.loadtxt(csv, delimiter=",", dtype=np.float64)
+        images, target = table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    else:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images, target = digits.images, digits.target
+    x = np.round(images * (255 / 16)).astype(np.uint8)
+    y = target.astype(np.uint8)
     order = np.random.default_rng(0).permutation(len(x))  # fixed: every run tests on the same 360 images
     x, y = x[order], y[order]
     return {"x_train": x[:-360], "y_train": y[:-360], "x_test": x[-360:], "y_test": y[-360:]}

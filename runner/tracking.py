@@ -233,7 +233,8 @@ class MlflowMetrics(keras.callbacks.Callback):
     """
 
     def on_epoch_end(self, epoch, logs=None):
-        mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1, synchronous=False)
+        # Synchronous: a few ms an epoch, and no async queue whose flush costs a second at the end.
+        mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1, synchronous=True)
 
 
 class MlflowBatchLoss(keras.callbacks.Callback):
