@@ -264,7 +264,7 @@ def mlflow_bench(args):
     RESULTS["mlflow_overhead_epoch"] = 1 - med["per-epoch metrics"] / base
     return ["### MLflow logging overhead (fit, batch 32)", "", "| callbacks | steps/s | overhead |", "| --- | --- | --- |",
             *(f"| {k} | {v:.1f} | {(1 - v / base) * 100:+.1f} % |" for k, v in med.items()),
-            "", f"One epoch's metrics (4 values, asynchronous) cost {per_epoch_ms:.2f} ms to hand to MLflow."]
+            "", f"One epoch's metrics (4 values, logged synchronously) cost {per_epoch_ms:.2f} ms to hand to MLflow."]
 
 
 def sweep_bench(args):
