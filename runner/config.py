@@ -21,6 +21,7 @@ from runner.graph import Graph
 STYLES = ("sequential", "functional", "subclass")
 LOOPS = ("fit", "custom")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = (None, "mirrored", "multi_worker")
 DATASETS = ("digits", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100")
 
 
@@ -55,6 +56,7 @@ class LoopConfig:
     jit_compile: Any = "auto"  # Keras' "auto" is XLA off on CPU-only machines
     verbose: Any = "auto"  # Keras' progress output: "auto", 0, 1 or 2
     precision: str = "float32"  # or mixed_bfloat16 / mixed_float16 (Keras' mixed-precision policies)
+    strategy: Optional[str] = None  # tf.distribute: null (one device), mirrored (this machine's GPUs), multi_worker
     eager: bool = False  # loop=custom: run the step eagerly (no tf.function), to step through it in a debugger
     log_every_n_steps: Optional[int] = None  # also log the batch loss to MLflow every N steps
 
@@ -103,6 +105,7 @@ def validate(cfg: DictConfig) -> Graph:
     _one_of("loop.name", cfg.loop.name, LOOPS, "loop")
     _one_of("dataset.name", cfg.dataset.name, DATASETS, "dataset")
     _one_of("loop.precision", cfg.loop.precision, PRECISIONS, "loop.precision")
+    _one_of("loop.strategy", cfg.loop.strategy, STRATEGIES, "loop.strategy")
     for key in ("loop.epochs", "loop.batch_size", "dataset.num_classes"):
         value = OmegaConf.select(cfg, key)
         if value < 1:
@@ -164,7 +167,7 @@ def class_args(kind, key, section):
 
 def _one_of(key, value, choices, group):
     if value not in choices:
-        hint = keras_api.did_you_mean(str(value), choices)
+        hint = keras_api.did_you_mean(str(value), [c for c in choices if c])
         raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(choices)} ({group}=...).{hint}")
 
 

@@ -59,13 +59,19 @@ def fit(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0):
 def custom(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0):
     """Epochs of `runner.step`'s train_step (compiled with tf.function unless loop.eager), with
     Keras callbacks and a progress bar as `fit` drives them."""
-    metrics = step.metrics()
-    train_step, test_step = step.make_steps(model, model.loss, model.optimizer, metrics)
+    strategy = model.distribute_strategy  # the one the model was built under (default: one device)
+    with strategy.scope():  # variables made inside a replica's step would not be mirrored
+        metrics = step.metrics()
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+    steps_fns = step.make_steps(model, model.loss, model.optimizer, metrics)
+    train_step, test_step = (_on_replicas(strategy, f) for f in steps_fns)
     if not cfg.eager:
         jit = model.jit_compile  # compile() resolved "auto"
         train_step, test_step = (tf.function(f, jit_compile=jit, reduce_retracing=True) for f in (train_step, test_step))
     verbose = 1 if cfg.verbose == "auto" else cfg.verbose
     train_ds, steps = train
+    train_ds, val_ds, test_ds = (strategy.experimental_distribute_dataset(d) for d in (train_ds, val_ds, test_ds))
     batches = iter(train_ds)  # one iterator for all epochs, as fit with steps_per_epoch
     callbacks = keras.callbacks.CallbackList(
         callbacks, add_history=True, add_progbar=verbose != 0, model=model, verbose=verbose, epochs=cfg.epochs, steps=steps
@@ -83,6 +89,25 @@ def custom(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0):
             break
     callbacks.on_train_end(logs)
     return {f"test_{name}": value for name, value in _run(test_step, test_ds, metrics).items()}
+
+
+def _on_replicas(strategy, step_fn):
+    def run(x, y):
+        return strategy.run(step_fn, args=(x, y))
+
+    return run
+
+
+def strategy(name):
+    """The tf.distribute strategy for loop.strategy: None (one device), "mirrored" (the GPUs of this
+    machine), or "multi_worker" (machines described by the TF_CONFIG environment variable)."""
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        # Without GPUs, every logical CPU device: one on a plain machine, several where a test made them.
+        return tf.distribute.MirroredStrategy(None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")])
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
 
 
 def _run(step_fn, batches, metrics, on_batch_begin=None, on_batch_end=None, model=None, steps=None):

@@ -13,14 +13,15 @@ def make_steps(model, loss_fn, optimizer, metrics):
     """The (train_step, test_step) pair for one model; `metrics` are updated in place.
 
     `metrics["loss"]` is a keras.metrics.Mean, the others are called as
-    `metric.update_state(y, y_pred)`.
+    `metric.update_state(y, y_pred)`. Each step sees one replica's batch: the
+    driver runs it with `strategy.run` (one replica without a strategy).
     """
     loss_metric, *others = metrics.values()
 
     def train_step(x, y):
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
-            loss = loss_fn(y, y_pred) + _regularization(model)
+            loss = _loss(model, loss_fn, y, y_pred)
             scaled = optimizer.scale_loss(loss)  # mixed precision: no underflowing float16 gradients
         gradients = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply(gradients, model.trainable_variables)
@@ -29,20 +30,28 @@ def make_steps(model, loss_fn, optimizer, metrics):
 
     def test_step(x, y):
         y_pred = model(x, training=False)
-        loss = loss_fn(y, y_pred) + _regularization(model)
+        loss = _loss(model, loss_fn, y, y_pred)
         _update(loss_metric, others, loss, y, y_pred)
         return loss
 
     return train_step, test_step
 
 
-def _regularization(model):
-    # The penalties of kernel_regularizer and friends, as model.fit adds them.
-    return tf.add_n(model.losses) if model.losses else 0.0
+def _loss(model, loss_fn, y, y_pred):
+    """This replica's share of the loss. Under a tf.distribute strategy the replicas' gradients
+    are summed, so Keras' losses already divide by the number of replicas; the penalties of
+    kernel_regularizer and friends (which model.fit adds too) are divided the same way."""
+    penalties = tf.add_n(model.losses) if model.losses else 0.0
+    return loss_fn(y, y_pred) + penalties / _replicas()
+
+
+def _replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 def _update(loss_metric, others, loss, y, y_pred):
-    loss_metric.update_state(loss, sample_weight=tf.shape(y)[0])  # weighted by batch size, as fit does
+    # The whole loss, weighted by batch size, as fit reports it.
+    loss_metric.update_state(loss * _replicas(), sample_weight=tf.shape(y)[0])
     for metric in others:
         metric.update_state(y, y_pred)
 

@@ -44,6 +44,7 @@ def run(cfg, *, cwd=".", output_dir=None, choices=None, overrides=(), sweep_dir=
 
     if threads:
         _set_threads(threads)
+    strategy = loops.strategy(cfg.loop.strategy)  # before other TensorFlow work, as MultiWorkerMirrored needs
 
     resume = cfg.resume
     if resume:
@@ -73,15 +74,16 @@ def run(cfg, *, cwd=".", output_dir=None, choices=None, overrides=(), sweep_dir=
             keras.utils.set_random_seed(cfg.seed)
             keras.mixed_precision.set_global_policy(cfg.loop.precision)  # every job sets it: jobs share a process
             splits = data.load(cfg.dataset)
-            if resume:
-                model, history = checkpoints.load(ckpt_dir)
-                tracking.log_missing_epochs(history)
-            else:
-                model, history = models.build(graph, cfg.model.style), []
-                models.check_output(model, graph, cfg.dataset.num_classes)
-                tracking.mlflow.log_artifact(str(out / "config.yaml"))
-                tracking.mlflow.log_metric("num_params", model.count_params())
-                loops.compile_model(model, cfg.optimizer, cfg.model.loss, cfg.loop.jit_compile)
+            with strategy.scope():  # variables on every replica; fit and the custom loop follow the model
+                if resume:
+                    model, history = checkpoints.load(ckpt_dir)
+                    tracking.log_missing_epochs(history)
+                else:
+                    model, history = models.build(graph, cfg.model.style), []
+                    models.check_output(model, graph, cfg.dataset.num_classes)
+                    tracking.mlflow.log_artifact(str(out / "config.yaml"))
+                    tracking.mlflow.log_metric("num_params", model.count_params())
+                    loops.compile_model(model, cfg.optimizer, cfg.model.loss, cfg.loop.jit_compile)
             batch = cfg.loop.batch_size
             train = data.train_pipeline(*splits.train, batch, cfg.dataset.seed, len(history), cfg.loop.epochs)
             val, test = data.pipeline(*splits.val, batch), data.pipeline(*splits.test, batch)

@@ -74,6 +74,8 @@ def test_experiment_preset_overlays_groups(make_cfg):
         ("model.layers.4.activation=null", r"outputs logits \(no activation\), but model.loss expects probabilities"),
         ("+model.loss.reduction=3", r"model.loss: argument 'reduction' of keras.losses.SparseCategoricalCrossentropy"),
         ("dataset.num_classes=0", r"dataset.num_classes: must be a positive integer, got 0"),
+        ("loop.strategy=mirored", r"loop.strategy: unknown value 'mirored'.*Did you mean 'mirrored'"),
+        ("loop.precision=bf16", r"loop.precision: unknown value 'bf16'; choose one of \['float32', 'mixed_bfloat16'"),
     ],
 )
 def test_bad_values_are_named(make_cfg, override, message):

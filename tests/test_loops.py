@@ -91,3 +91,43 @@ def test_eager_custom_loop_runs(make_cfg, store, tmp_path):
     cfg = make_cfg("loop=custom", "loop.eager=true", "loop.epochs=1", "dataset.limit=100", "mlflow.log_model=false",
                    f"mlflow.tracking_uri={store}")
     assert run(cfg, cwd=tmp_path)["test_accuracy"] > 0.1
+
+
+TWO_REPLICAS = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from hydra import compose, initialize_config_module
+from runner.train import run
+results = {}
+for loop in ("fit", "custom"):
+    for strategy in ("null", "mirrored"):
+        with initialize_config_module(config_module="runner.conf", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[f"loop={loop}", f"loop.strategy={strategy}",
+                          "loop.epochs=2", "loop.verbose=0", "dataset.limit=640", "mlflow.log_model=false",
+                          f"mlflow.tracking_uri=sqlite:///{sys.argv[1]}/mlflow.db"])
+        results[f"{loop} {strategy}"] = run(cfg, cwd=sys.argv[1])
+from runner import loops
+results["replicas"] = loops.strategy("mirrored").num_replicas_in_sync
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_cpu_replicas_gives_the_same_metrics(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", TWO_REPLICAS, str(tmp_path)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results["replicas"] == 2
+    for loop in ("fit", "custom"):
+        one, two = results[f"{loop} null"], results[f"{loop} mirrored"]
+        # Two replicas average the gradients of two half batches: the same mean gradient as one
+        # device, summed in another order, so the metrics agree to float32 rounding over 36 steps.
+        for key in ("val_loss", "test_loss", "test_accuracy"):
+            assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-3), (loop, key)
