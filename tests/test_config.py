@@ -84,6 +84,8 @@ def test_bad_values_are_named(make_cfg, override, message):
 
 
 def test_validation_does_not_import_tensorflow():
+    # A Keras version other than the shipped index's gets its index built (importing Keras) once.
+    subprocess.run([sys.executable, "-c", "from runner import keras_api; keras_api.index()"], check=True)
     code = (
         "import sys\n"
         "from hydra import compose, initialize_config_module\n"
@@ -94,3 +96,15 @@ def test_validation_does_not_import_tensorflow():
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported TF'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_shipped_keras_index_is_what_the_installed_keras_says():
+    import json
+    from importlib.metadata import version
+
+    from runner import keras_api
+
+    shipped = json.loads(keras_api.SHIPPED.read_text())
+    if shipped["keras"] != version("keras"):
+        pytest.skip(f"keras_api.json is for Keras {shipped['keras']}; this Keras gets its own cached index")
+    assert json.loads(json.dumps(keras_api.generate())) == shipped  # else: python -m runner.keras_api
