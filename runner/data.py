@@ -14,7 +14,6 @@ import tensorflow as tf
 from runner.errors import ConfigError
 
 KERAS_LOADERS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
-NAMES = ("digits", "npz", *KERAS_LOADERS)
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 

@@ -9,10 +9,9 @@ import importlib
 
 import keras
 
+from runner.config import STYLES
 from runner.errors import ConfigError
 from runner.graph import Graph
-
-STYLES = ("sequential", "functional", "subclass")
 
 
 def build(graph, style):
