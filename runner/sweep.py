@@ -19,13 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from runner.config import fingerprint, validate
 from runner.errors import ConfigError
 
-SWEEP_DIR_TAG = "runner.sweep_dir"
-
-
 def varying(overrides):
     """The keys a sweep varies (`a=1,2 b=x` -> ['a']): what tells its jobs apart."""
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     return [o.key_or_group for o in parsed if o.is_sweep_override()]
+
+
+def differing(overrides, keys):
+    """The overrides among `overrides` that set one of the varying `keys`, as one string."""
+    return " ".join(o for o in overrides if o.split("=")[0].lstrip("+~") in keys)
 
 
 def points(overrides):
@@ -71,7 +73,7 @@ class SweepCallback(Callback):
         keys = varying(config.hydra.overrides.task)
         rows = tracking.sweep_rows(self.parent, self.hashes)
         for row in rows:  # show what differs between the jobs
-            row["overrides"] = " ".join(o for o in row["overrides"].split() if o.split("=")[0] in keys)
+            row["overrides"] = differing(row["overrides"].split(), keys)
         table = leaderboard(rows)
         failed = sum(r["status"] != "FINISHED" for r in rows)
         summary = f"{len(rows) - failed} of {len(rows)} jobs FINISHED" + (f", {failed} not" if failed else "")

@@ -52,7 +52,7 @@ def start_run(cfg, cwd, run_name, tags, resume=None):
     raises, KILLED on Ctrl-C or SIGTERM. `resume` continues that run id instead of starting one."""
     experiment_id = experiment(cfg.mlflow, cwd)
     close_dead_runs(experiment_id)
-    tags = {**tags, "runner.host": socket.gethostname(), "runner.pid": str(os.getpid())}
+    tags = {**tags, **_owner()}
     with mlflow.start_run(run_id=resume, experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         try:
             if resume is None:
@@ -73,7 +73,7 @@ def start_parent(experiment_id, name, sweep_dir, tags):
     Made with the client, not `mlflow.start_run`: jobs of the basic launcher run
     in this same process and must not find it as their active run.
     """
-    tags = {**tags, "runner.sweep_dir": sweep_dir, "runner.host": socket.gethostname(), "runner.pid": str(os.getpid())}
+    tags = {**tags, "runner.sweep_dir": sweep_dir, **_owner()}
     return mlflow.MlflowClient().create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
 
@@ -178,6 +178,11 @@ def close_dead_runs(experiment_id):
         client.set_tag(run.info.run_id, "error", message)
         client.set_terminated(run.info.run_id, "KILLED")
         print(f"runner: found run {run.info.run_id} left RUNNING; marked it KILLED: {message}", file=sys.stderr)
+
+
+def _owner():
+    """Tags naming the process that owns a run, so `close_dead_runs` can tell if it died."""
+    return {"runner.host": socket.gethostname(), "runner.pid": str(os.getpid())}
 
 
 def _alive(pid):

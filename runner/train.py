@@ -106,7 +106,7 @@ def run(cfg, *, cwd=".", output_dir=None, choices=None, overrides=(), sweep_dir=
 def _identity(cfg, cwd, choices, overrides, sweep_dir):
     """(run name, tags) of a job: its group choices and overrides, its config's fingerprint, and in
     a sweep its parent run, and a name made of what differs between the sweep's jobs."""
-    from runner import tracking
+    from runner import sweep, tracking
 
     choices = {k: v for k, v in (choices or {}).items() if k in GROUPS and v is not None}
     run_name = "-".join(str(choices[g]) for g in GROUPS if g in choices) or None
@@ -119,7 +119,7 @@ def _identity(cfg, cwd, choices, overrides, sweep_dir):
     if parent:
         tags["mlflow.parentRunId"] = parent.info.run_id  # nests this job under its sweep in the UI
         varying = parent.data.tags.get("runner.varying", "").split()
-        run_name = " ".join(o for o in overrides if o.split("=")[0].lstrip("+~") in varying)[:250] or run_name
+        run_name = sweep.differing(overrides, varying)[:250] or run_name
     return run_name, tags
 
 
