@@ -28,26 +28,19 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"
 def seed_cnn(batch_size, steps, loop="fit", epochs=3, precision="float32"):
     """The runner's own stages for seed_cnn on MNIST: (cfg, compiled model, train, val) with
     `steps` training batches an epoch."""
-    import keras
     from hydra import compose, initialize_config_module
 
-    from runner import config, data, loops, models
+    from runner import config
+    from runner.train import prepare
 
     overrides = ["experiment=seed_mnist", f"dataset.path={MNIST}", f"loop={loop}", f"loop.batch_size={batch_size}",
                  "loop.verbose=0", f"dataset.limit={batch_size * (steps + 1)}", f"dataset.validation_split={1 / (steps + 1)}",
                  f"loop.epochs={epochs}", f"loop.precision={precision}"]  # `steps` training batches, one validation batch
     with initialize_config_module(config_module="runner.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    graph = config.validate(cfg)
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(cfg.seed)
-    keras.mixed_precision.set_global_policy(precision)
-    splits = data.load(cfg.dataset)
-    model = models.build(graph, cfg.model.style)
-    loops.compile_model(model, cfg.optimizer, cfg.model.loss, cfg.loop.jit_compile)
-    train = data.train_pipeline(*splits.train, batch_size, cfg.dataset.seed, 0, epochs)
-    assert train[1] == steps, train
-    val = data.pipeline(*splits.val, batch_size)  # one batch: the epoch time is training time
+    work = prepare(cfg, config.validate(cfg))
+    assert work.train_data[1] == steps, work.train_data
+    model, train, val = work.model, work.train_data, work.val_data  # val: one batch, so the epoch time is training time
     return cfg, model, train, val
 
 
@@ -185,15 +178,14 @@ def memory_bench(args):
 
 def runner_accuracy(args):
     """(child) the runner's test accuracy after one epoch of full MNIST."""
-    from runner import data, loops
+    from runner import config, loops
+    from runner.train import prepare
 
-    cfg, model, _, _ = seed_cnn(32, 1, precision=args.precision)
-    cfg.dataset.limit = None
-    splits = data.load(cfg.dataset)
-    train = data.train_pipeline(*splits.train, 32, cfg.dataset.seed, 0, 1)
-    test = data.pipeline(*splits.test, 32)
-    cfg.loop.epochs = 1
-    print(json.dumps({"test_accuracy": loops.fit(model, train, test.take(1), test, cfg.loop, [])["test_accuracy"]}))
+    cfg, _, _, _ = seed_cnn(32, 1, precision=args.precision)
+    cfg.dataset.limit, cfg.dataset.validation_split, cfg.loop.epochs = None, 0.0001, 1  # all 60,000, as the script
+    work = prepare(cfg, config.validate(cfg))
+    print(json.dumps({"test_accuracy": loops.fit(work.model, work.train_data, work.test_data.take(1), work.test_data,
+                                                 cfg.loop, [])["test_accuracy"]}))
 
 
 def startup_bench(args):

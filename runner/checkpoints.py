@@ -1,43 +1,97 @@
 """Checkpoints at every epoch end, and resuming an MLflow run from the last complete epoch.
 
-A checkpoint is the model with its optimizer state (`last.keras`, Keras' own
-format) and the epoch logs so far (`last.json`), each written to a temporary
-file and renamed, so a kill leaves the previous complete checkpoint, never half
-of one.
+A checkpoint is a model file with its optimizer state (`epoch-NNNN.keras`,
+Keras' own format) and one manifest (`state.json`) written last: the run it
+belongs to, the epoch, the model file, the epoch history and the random
+layers' generator states (Keras does not save them). The manifest is fsynced
+and renamed into place, so a kill at any moment leaves the previous complete
+checkpoint: the model and the history of one epoch are committed together.
 """
 
+import contextvars
+import importlib
 import json
 import os
 from pathlib import Path
 
 import keras
+import numpy as np
 
-MODEL, STATE = "last.keras", "last.json"
+from runner.errors import ConfigError
+
+STATE = "state.json"
+
+# The custom layer modules the run being restored allows: a checkpoint may name no others.
+allowed_modules = contextvars.ContextVar("allowed_modules", default=())
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves `last.keras` and `last.json` in `directory` after every epoch (before MLflow logs it)."""
+    """Saves the model and then the manifest in `directory` after every epoch (before MLflow logs it)."""
 
-    def __init__(self, directory, history=()):
+    def __init__(self, directory, run_id, history=()):
         super().__init__()
-        self.directory = Path(directory)
+        self.directory, self.run_id = Path(directory), run_id
         self.history = list(history)  # one dict of logs per completed epoch
 
     def on_epoch_end(self, epoch, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
         self.history.append({k: float(v) for k, v in (logs or {}).items()})
-        _atomic(self.directory / MODEL, self.model.save)
-        _atomic(self.directory / STATE, lambda p: Path(p).write_text(json.dumps({"history": self.history})))
+        name = f"epoch-{len(self.history):04d}.keras"
+        _atomic(self.directory / name, self.model.save)
+        state = {"run_id": self.run_id, "epoch": len(self.history), "model": name, "history": self.history,
+                 "seed_generators": [s.tolist() for s in seed_states(self.model)]}
+        _atomic(self.directory / STATE, lambda p: Path(p).write_text(json.dumps(state)))
+        _fsync(self.directory)
+        for old in self.directory.glob("epoch-*.keras"):  # only after the manifest names the new one
+            if old.name != name:
+                old.unlink(missing_ok=True)
 
 
 def _atomic(path, write):
     tmp = path.with_name(f".tmp-{path.name}")  # same suffix: Keras checks it
     write(tmp)
+    _fsync(tmp)
     os.replace(tmp, path)
 
 
-def load(directory):
-    """(model with optimizer state, history) of the last complete epoch in `directory`."""
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load(directory, run_id, custom_layers=()):
+    """(model with optimizer state, history) of the last complete epoch in `directory`, checked to
+    belong to `run_id`. Loaded in Keras' safe mode, with the run's own custom layer modules imported
+    first and no other module allowed."""
     directory = Path(directory)
-    history = json.loads((directory / STATE).read_text())["history"]
-    return keras.saving.load_model(directory / MODEL), history
+    try:
+        state = json.loads((directory / STATE).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"resume: no checkpoint in {directory}: the run ended before its first epoch.") from None
+    if state.get("run_id") != run_id:
+        raise ConfigError(
+            f"resume: the checkpoint in {directory} belongs to run {state.get('run_id')!r}, not {run_id!r}; "
+            "refusing to continue one run from another's weights."
+        )
+    for module in custom_layers:
+        importlib.import_module(module)  # registers its serializable classes before Keras looks them up
+    token = allowed_modules.set(tuple(custom_layers))
+    try:
+        model = keras.saving.load_model(directory / state["model"], safe_mode=True)
+    finally:
+        allowed_modules.reset(token)
+    for generator, value in zip(seed_generators(model), state["seed_generators"]):
+        generator.state.assign(np.asarray(value, dtype=generator.state.dtype))
+    return model, state["history"]
+
+
+def seed_generators(model):
+    """Every random layer's SeedGenerator (Dropout, GaussianNoise, augmentation), in a fixed order."""
+    return [g for layer in model._flatten_layers(include_self=True) for g in getattr(layer, "_seed_generators", [])]
+
+
+def seed_states(model):
+    return [np.asarray(g.state.numpy()) for g in seed_generators(model)]

@@ -5,9 +5,14 @@ The schema makes OmegaConf reject an unknown or mistyped key at compose time;
 arguments against Keras' own signatures, the layer graph, and value ranges.
 """
 
+import functools
 import hashlib
+import importlib.util
+import uuid
 import json
 from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -16,9 +21,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from runner import keras_api
 from runner.errors import ConfigError
-from runner.graph import Graph
+from runner.graph import STYLES, Graph
+from runner.keras_api import class_args
 
-STYLES = ("sequential", "functional", "subclass")
 LOOPS = ("fit", "custom")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = (None, "mirrored", "multi_worker")
@@ -57,6 +62,7 @@ class LoopConfig:
     verbose: Any = "auto"  # Keras' progress output: "auto", 0, 1 or 2
     precision: str = "float32"  # or mixed_bfloat16 / mixed_float16 (Keras' mixed-precision policies)
     strategy: Optional[str] = None  # tf.distribute: null (one device), mirrored (this machine's GPUs), multi_worker
+    deterministic: bool = False  # TF op determinism: bit-exact reruns on GPUs, at some speed
     eager: bool = False  # loop=custom: run the step eagerly (no tf.function), to step through it in a debugger
     log_every_n_steps: Optional[int] = None  # also log the batch loss to MLflow every N steps
 
@@ -71,7 +77,10 @@ class MlflowConfig:
 @dataclass
 class SweepConfig:
     preflight: bool = True  # validate every point and build its model before the first job trains
-    resume: bool = False  # skip points whose identical config already has a FINISHED run
+    skip_finished: bool = False  # skip points whose identical config already has a FINISHED run
+    # One id per sweep, the same in every job (Hydra copies the resolver cache into each job's
+    # config, as for ${now:}): jobs find their parent run by it, on any launcher and any store.
+    id: str = "${runner_uid:}"
 
 
 @dataclass
@@ -92,6 +101,7 @@ def load(path, **values):
 
 
 ConfigStore.instance().store(name="schema", node=Config)
+OmegaConf.register_new_resolver("runner_uid", lambda: uuid.uuid4().hex[:12], use_cache=True, replace=True)
 
 
 def validate(cfg: DictConfig) -> Graph:
@@ -156,15 +166,6 @@ def _check_head(graph, loss, num_classes):
         )
 
 
-def class_args(kind, key, section):
-    """(Keras class name, its keyword arguments) of a `{class_name: ..., **arguments}` section, checked."""
-    section = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
-    if "class_name" not in section:
-        raise ConfigError(f"{key}.class_name: missing; name a class in keras.{kind}.")
-    name = section.pop("class_name")
-    return keras_api.check(kind, name, section, key), section
-
-
 def _one_of(key, value, choices, group):
     if value not in choices:
         hint = keras_api.did_you_mean(str(value), [c for c in choices if c])
@@ -172,8 +173,43 @@ def _one_of(key, value, choices, group):
 
 
 def fingerprint(cfg):
-    """A hash of what determines a run's result: the resolved config, less where it is logged."""
+    """A hash of what determines a run's result: the resolved config (less where it is logged and
+    how it prints), the data's content, the runner's version and the code of its custom layers."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     for key in ("mlflow", "sweep", "resume"):
         plain.pop(key, None)
+    plain["loop"].pop("verbose", None)
+    plain["_runner"] = version("runner")
+    plain["_data"] = content_digest(plain["dataset"].get("path"))
+    plain["_code"] = {m: content_digest(_module_file(m)) for m in plain["model"].get("custom_layers") or ()}
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path, size, mtime_ns):
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+    return sha.hexdigest()[:16]
+
+
+def content_digest(path):
+    """sha256 of a file (cached while its size and mtime stay), or of a folder's file list with
+    sizes and mtimes; None without a path or for one that does not exist (the data stage says so)."""
+    if not path:
+        return None
+    path = Path(path)
+    if path.is_file():
+        stat = path.stat()
+        return _digest(str(path), stat.st_size, stat.st_mtime_ns)
+    if path.is_dir():
+        files = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file())
+        return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+    return None
+
+
+def _module_file(module):
+    """The source file of an importable module, found without importing it (its code would run)."""
+    spec = importlib.util.find_spec(module)
+    return spec.origin if spec and spec.origin and spec.origin.endswith(".py") else None

@@ -11,7 +11,10 @@ from dataclasses import dataclass, replace
 from runner import keras_api
 from runner.errors import ConfigError
 
-RESERVED = ("type", "name", "inputs")  # every other key of an entry is the layer's own argument
+STYLES = ("sequential", "functional", "subclass")  # the three builders of runner.models
+RESERVED = ("type", "name", "inputs")
+# Packages whose modules are not "your own layers": through them a config could reach Lambda and friends.
+FRAMEWORKS = ("keras", "tensorflow", "tf_keras", "jax", "torch", "builtins", "os", "sys", "subprocess")  # every other key of an entry is the layer's own argument
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,12 @@ def _check_layer(type_, kwargs, where, custom_layers):
     Keras checks its arguments when the layer is built.
     """
     if isinstance(type_, str) and "." in type_:
-        module = type_.rpartition(".")[0]
+        module, _, name = type_.rpartition(".")
+        if name in keras_api.CODE_RUNNING or module.split(".")[0] in FRAMEWORKS:
+            raise ConfigError(
+                f"{where}: {type_!r} is not allowed as a custom layer: custom layers are your own classes; "
+                f"Keras' layers are named without a module (`type: {name}`), and code-running ones are refused."
+            )
         if module not in custom_layers:
             raise ConfigError(
                 f"{where}: {type_!r} is a custom layer from module {module!r}. Custom layers run your code, "

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 SHIPPED = Path(__file__).with_name("keras_api.json")
 
 # Public classes a config may not name, and why (STYLE: no code in config).
@@ -31,6 +33,8 @@ EXCLUDED_LAYERS = {
     "Wrapper": "it is an abstract base class",
     "InputLayer": "model inputs come from `model.inputs` and the data set",
 }
+# The excluded layers that run code: refused by any path, a custom module that re-exports them included.
+CODE_RUNNING = ("Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer")
 EXCLUDED_OPTIMIZERS = {
     "Optimizer": "it is the abstract base class",
     "LossScaleOptimizer": "it wraps another optimizer object; use loop.precision",
@@ -200,3 +204,14 @@ def did_you_mean(word, choices):
         return ""
     match = next(c for c in choices if c.lower() == close[0].lower())
     return f" Did you mean {match!r}?"
+
+
+def class_args(kind, key, section):
+    """(Keras class name, its keyword arguments) of a `{class_name: ..., **arguments}` section, checked."""
+    section = OmegaConf.to_container(section, resolve=True) if OmegaConf.is_config(section) else dict(section)
+    if "class_name" not in section:
+        from runner.errors import ConfigError
+
+        raise ConfigError(f"{key}.class_name: missing; name a class in keras.{kind}.")
+    name = section.pop("class_name")
+    return check(kind, name, section, key), section

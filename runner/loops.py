@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from runner import step
-from runner.config import class_args
+from runner.keras_api import class_args
 from runner.errors import TrainingDiverged
 
 
@@ -96,18 +96,6 @@ def _on_replicas(strategy, step_fn):
         return strategy.run(step_fn, args=(x, y))
 
     return run
-
-
-def strategy(name):
-    """The tf.distribute strategy for loop.strategy: None (one device), "mirrored" (the GPUs of this
-    machine), or "multi_worker" (machines described by the TF_CONFIG environment variable)."""
-    if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        # Without GPUs, every logical CPU device: one on a plain machine, several where a test made them.
-        return tf.distribute.MirroredStrategy(None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")])
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 def _run(step_fn, batches, metrics, on_batch_begin=None, on_batch_end=None, model=None, steps=None):

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from runner import config  # noqa: F401  (registers the schema with Hydra's ConfigStore)
 from runner.errors import ConfigError, TrainingDiverged
-from runner.train import run
+from runner.redact import redact_uri
+from runner.train import Job, run
 
 # Exit statuses a script can branch on; 130 and 143 follow the shell's 128 + signal number.
 EXIT_STATUS = {ConfigError: 2, TrainingDiverged: 3}
@@ -23,22 +24,23 @@ def main(cfg):
     hc = HydraConfig.get()
     signal.signal(signal.SIGTERM, _terminate)  # `kill` ends the run like Ctrl-C: KILLED, checkpoint kept
     multirun = hc.mode == RunMode.MULTIRUN
+    job = Job(
+        cwd=hc.runtime.cwd,
+        output_root=hc.runtime.output_dir,
+        choices=dict(hc.runtime.choices),
+        overrides=tuple(hc.overrides.task),
+        multirun=multirun,
+        threads=_threads_per_job(hc) if multirun else None,
+    )
     try:
-        results = run(
-            cfg,
-            cwd=hc.runtime.cwd,
-            output_dir=hc.runtime.output_dir,
-            choices=dict(hc.runtime.choices),
-            overrides=list(hc.overrides.task),
-            sweep_dir=hc.sweep.dir if multirun else None,
-            threads=_threads_per_job(hc) if multirun else None,
-        )
+        results = run(cfg, job)
     except Exception as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (multirun or isinstance(error, tuple(EXIT_STATUS))):
             raise
         # One line, not a traceback; a sweep goes on with its other jobs (this one's run is FAILED).
         kind = next((k for k in EXIT_STATUS if isinstance(error, k)), None)
-        print(f"runner: {LABEL.get(kind, 'error')}: {error}" if kind else f"runner: {type(error).__name__}: {error}",
+        message = redact_uri(str(error))  # an error may quote a tracking URI with its password
+        print(f"runner: {LABEL.get(kind, 'error')}: {message}" if kind else f"runner: {type(error).__name__}: {message}",
               file=sys.stderr)
         if multirun:
             return None
@@ -65,4 +67,6 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum, frame):
+    # Once: a second SIGTERM while the run records how it ended must not cut that short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated("terminated by SIGTERM")

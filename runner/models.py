@@ -6,12 +6,13 @@ Building does nothing else: no compile, no training, no logging.
 """
 
 import importlib
+import sys
 
 import keras
 
-from runner.config import STYLES
+from runner import checkpoints, keras_api
 from runner.errors import ConfigError
-from runner.graph import Graph
+from runner.graph import STYLES, Graph
 
 
 def build(graph, style):
@@ -73,6 +74,19 @@ class GraphModel(keras.Model):
     def get_config(self):
         return {**super().get_config(), "graph": self.graph.to_config()}
 
+    @classmethod
+    def from_config(cls, config):
+        """Loading imports no module the run's own config does not name: a saved file listing
+        other `custom_layers` is refused (Keras' safe mode does not cover our graph's imports)."""
+        named = config["graph"].get("custom_layers") or ()
+        unknown = [m for m in named if m not in checkpoints.allowed_modules.get() and m not in sys.modules]
+        if unknown:
+            raise ConfigError(
+                f"a saved model names custom layer modules {unknown} that the run's config does not allow; "
+                "list them in model.custom_layers (their code runs), or import them before loading."
+            )
+        return super().from_config(config)
+
 
 def check_output(model, graph, num_classes):
     """The first output must be one score per class: catches a 10-unit head on 100 classes, or a missing Flatten."""
@@ -125,6 +139,9 @@ def _instantiate(spec):
     cls = getattr(importlib.import_module(module), name) if module else getattr(keras.layers, name)
     if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)):
         raise ConfigError(f"{spec['type']!r} is not a keras.layers.Layer subclass.")
+    refused = tuple(getattr(keras.layers, n) for n in keras_api.CODE_RUNNING if hasattr(keras.layers, n))
+    if module and issubclass(cls, refused):  # a custom module that re-exports Lambda, TFSMLayer, ...
+        raise ConfigError(f"{spec['type']!r} is a code-running Keras layer; it is refused.")
     return cls(**kwargs)
 
 

@@ -1,9 +1,10 @@
 """Sweeps (`runner -m ...`): one MLflow parent run per sweep, a preflight of every point, a leaderboard.
 
 A Hydra callback, registered in conf/config.yaml, so it runs in the process
-that launches the jobs whatever the launcher. The jobs find their parent run
-through the sweep directory they share (a tag), not through memory or the
-environment, so jobs in other processes or on other machines nest too.
+that launches the jobs whatever the launcher. Jobs find their parent run by
+the sweep's unique id (`sweep.id`, the same in every job's config), not through
+memory, the environment or a directory name, so jobs in other processes or on
+other machines nest too, and two sweeps started in the same second never mix.
 """
 
 import csv
@@ -14,20 +15,17 @@ import time
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from runner.config import fingerprint, validate
+from runner.config import fingerprint
 from runner.errors import ConfigError
+from runner.redact import redact_override
+
 
 def varying(overrides):
     """The keys a sweep varies (`a=1,2 b=x` -> ['a']): what tells its jobs apart."""
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     return [o.key_or_group for o in parsed if o.is_sweep_override()]
-
-
-def differing(overrides, keys):
-    """The overrides among `overrides` that set one of the varying `keys`, as one string."""
-    return " ".join(o for o in overrides if o.split("=")[0].lstrip("+~") in keys)
 
 
 def points(overrides):
@@ -41,76 +39,151 @@ def points(overrides):
 class SweepCallback(Callback):
     def __init__(self):
         self.parent = None
-        self.hashes = None  # the grid's config fingerprints, when the sweep is a grid
+        self.hashes = None  # grid point -> the fingerprint of the config its job runs
 
     def on_multirun_start(self, config: DictConfig, **kwargs):
         import hydra
 
+        from runner import train
+
         overrides = list(config.hydra.overrides.task)
+        cwd = config.hydra.runtime.cwd
         grid = "basic" in str(config.hydra.sweeper.get("_target_", "")).lower()
         cfgs = {}
         if grid:
             for job in points(overrides):
                 cfgs[" ".join(job)] = hydra.compose(config_name="config", overrides=job)
-            self.hashes = {point: fingerprint(cfg) for point, cfg in cfgs.items()}
-            if config.sweep.preflight:
-                preflight(cfgs)
-        from runner import tracking  # imports TensorFlow: after the config-only preflight
+            good = preflight(cfgs, cwd, build=config.sweep.preflight)
+            self.hashes = {point: fingerprint(good[point][0]) if point in good else None for point in cfgs}
+        from runner import record  # imports MLflow: after the config-only checks
 
-        cwd = config.hydra.runtime.cwd
-        experiment_id = tracking.experiment(config.mlflow, cwd)  # store and experiment created once, here
-        tracking.close_dead_runs(experiment_id)
-        self.parent = tracking.start_parent(
-            experiment_id, name=f"sweep {' '.join(overrides)}"[:250], sweep_dir=str(config.hydra.sweep.dir),
-            tags={"overrides": " ".join(overrides), "points": str(len(cfgs) or "?"),
-                  "runner.varying": " ".join(varying(overrides))},
-        )
+        experiment_id = record.open_store(config.mlflow, cwd)  # store and experiment created once, here
+        record.close_dead_runs(experiment_id)
+        shown = [redact_override(o) for o in overrides]
+        tags = {record.Tag.OVERRIDES: " ".join(shown), "points": str(len(cfgs) or "?"),
+                record.Tag.VARYING: " ".join(varying(overrides)), record.Tag.SWEEP_ID: config.sweep.id,
+                **record.owner()}
+        client = record.mlflow.MlflowClient()
+        # Made with the client, not mlflow.start_run: jobs of the basic launcher run in this
+        # process and must not find it as their active run.
+        self.parent = client.create_run(experiment_id, run_name=f"sweep {' '.join(shown)}"[:250], tags=tags).info.run_id
         print(f"runner: sweep of {len(cfgs) or 'an open number of'} jobs, MLflow parent run {self.parent}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs):
-        from runner import tracking
+        if self.parent is None:
+            return
+        from runner import record
 
-        keys = varying(config.hydra.overrides.task)
-        rows = tracking.sweep_rows(self.parent, self.hashes)
-        for row in rows:  # show what differs between the jobs
-            row["overrides"] = differing(row["overrides"].split(), keys)
-        table = leaderboard(rows)
-        failed = sum(r["status"] != "FINISHED" for r in rows)
-        summary = f"{len(rows) - failed} of {len(rows)} jobs FINISHED" + (f", {failed} not" if failed else "")
-        print(f"\n{table}\n{summary}", flush=True)
-        tracking.end_parent(self.parent, rows, {"leaderboard.md": table, "leaderboard.csv": to_csv(rows),
-                                                 "leaderboard.html": to_html(rows, summary)}, failed)
+        try:
+            rows = sweep_rows(self.parent, self.hashes, varying(config.hydra.overrides.task))
+            table = leaderboard(rows)
+            failed = sum(r["status"] not in ("FINISHED", "SKIPPED") for r in rows)
+            summary = f"{len(rows) - failed} of {len(rows)} jobs FINISHED" + (f", {failed} not" if failed else "")
+            print(f"\n{table}\n{summary}", flush=True)
+            end_parent(self.parent, rows, {"leaderboard.md": table, "leaderboard.csv": to_csv(rows),
+                                           "leaderboard.html": to_html(rows, summary)}, failed)
+        except BaseException as error:  # never leave the parent RUNNING
+            record.retry(record.mlflow.MlflowClient().set_tag, self.parent, record.Tag.ERROR, f"{type(error).__name__}: {error}")
+            record.retry(record.mlflow.MlflowClient().set_terminated, self.parent, "FAILED")
+            raise
         if failed:
             sys.exit(1)  # after the table: a sweep with failed jobs must not look green in a script
 
 
-def preflight(cfgs):
-    """Validate every point, then build each distinct model (no training); report all broken points at once."""
+def preflight(cfgs, cwd, build=True):
+    """Check every point as its job will (absolute paths included) and build each distinct model (no
+    training); report all broken points at once and exit 2. Returns point -> (checked cfg, graph)."""
+    from runner.train import checked
+
     started = time.perf_counter()
-    broken, graphs = [], {}
+    broken, good = [], {}
     for point, cfg in cfgs.items():
         try:
-            graphs[point] = (validate(cfg), cfg)
+            good[point] = checked(cfg, cwd)
         except ConfigError as error:
             broken.append(f"  {point or '(no overrides)'}: {error}")
-    if graphs:
-        from runner import models  # imports TensorFlow
-
-        built = set()
-        for point, (graph, cfg) in graphs.items():
-            key = repr((graph.to_config(), cfg.model.style, cfg.dataset.num_classes))
-            if key in built:
-                continue
-            built.add(key)
-            try:
-                models.check_output(models.build(graph, cfg.model.style), graph, cfg.dataset.num_classes)
-            except ConfigError as error:
-                broken.append(f"  {point}: {error}")
+    if not build:  # sweep.preflight=false: a broken point becomes a FAILED job beside the others
+        return good
+    if good and not broken:
+        _build_all(good, broken)
     if broken:
         print(f"runner: preflight: {len(broken)} of {len(cfgs)} sweep points are broken; no job was started "
               f"(sweep.preflight=false skips this check):\n" + "\n".join(broken), file=sys.stderr)
         sys.exit(2)
     print(f"runner: preflight: {len(cfgs)} points valid ({time.perf_counter() - started:.1f} s)", flush=True)
+    return good
+
+
+def _build_all(good, broken):
+    """Build each distinct model once. A multi-worker point is only validated: its strategy must be
+    the first TensorFlow work of its process, and the basic launcher runs jobs in this one."""
+    if any(cfg.loop.strategy == "multi_worker" for cfg, _ in good.values()):
+        return
+    from runner import environment, work  # imports TensorFlow
+
+    environment.setup_devices()
+    built = set()
+    for point, (cfg, graph) in good.items():
+        key = repr((graph.to_config(), cfg.model.style, cfg.dataset.num_classes))
+        if key in built:
+            continue
+        built.add(key)
+        try:
+            work.build_model(cfg, graph)
+        except ConfigError as error:
+            broken.append(f"  {point}: {error}")
+
+
+def sweep_rows(parent_id, hashes=None, keys=()):
+    """The leaderboard's rows, best test accuracy first: one per grid point (this sweep's latest run
+    of it; a point skipped as done shows the earlier run, as SKIPPED), else one per child run."""
+    from runner import record
+
+    client = record.mlflow.MlflowClient()
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    children = client.search_runs([experiment_id], f"tags.`{record.Tag.PARENT}` = '{parent_id}'",
+                                  order_by=["attributes.start_time DESC"])
+    if hashes:
+        runs = {}
+        for point, digest in hashes.items():
+            shown = " ".join(redact_override(o) for o in point.split())
+            mine = next((r for r in children if (r.data.tags.get(record.Tag.CONFIG_HASH) == digest if digest
+                                                 else r.data.tags.get(record.Tag.OVERRIDES) == shown)), None)
+            earlier = None if mine or not digest else record.finished_run(experiment_id, digest)
+            runs[point] = (mine or earlier, "SKIPPED" if earlier else None)
+    else:
+        runs = {r.data.tags.get(record.Tag.OVERRIDES, ""): (r, None) for r in reversed(children)}
+    rows = [_row(client, record.differing(point.split(), keys), run, status) for point, (run, status) in runs.items()]
+    rows.sort(key=lambda r: -(r.get("test_accuracy") or -1.0))
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+    return rows
+
+
+def _row(client, point, run, status):
+    if run is None:
+        return {"overrides": point, "status": "MISSING"}
+    metrics, info = run.data.metrics, run.info
+    return {
+        "overrides": point, "status": status or info.status, "run_id": info.run_id,
+        "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
+        "epochs": len(client.get_metric_history(info.run_id, "loss")),
+        "wall_s": round((info.end_time - info.start_time) / 1000, 1) if info.end_time else None,
+    }
+
+
+def end_parent(parent_id, rows, files, failed):
+    """Log the leaderboard files and the best test accuracy to the parent run, and end it."""
+    from runner import record
+
+    client = record.mlflow.MlflowClient()
+    for name, text in files.items():
+        client.log_text(parent_id, text, f"leaderboard/{name}")
+    best = [r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None]
+    if best:
+        client.log_metric(parent_id, "best_test_accuracy", max(best))
+    client.set_tag(parent_id, "jobs_failed", str(failed))
+    record.retry(client.set_terminated, parent_id, "FAILED" if failed else "FINISHED")
 
 
 COLUMNS = ("rank", "overrides", "status", "val_accuracy", "test_accuracy", "epochs", "wall_s", "run_id")

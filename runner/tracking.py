@@ -1,200 +1,21 @@
-"""The MLflow stage: where runs go, what each run records, and the per-epoch callback."""
+"""What a run logs to MLflow while it works: the per-epoch callbacks and the artifacts.
 
-import os
-import re
-import socket
-import sys
-from contextlib import contextmanager
+Which run, its tags and its status belong to `runner.record`; this module only
+writes into the active run.
+"""
+
 from pathlib import Path
 
 import keras
 import mlflow
-from mlflow.entities import RunStatus
-from omegaconf import OmegaConf
 
-from runner.errors import ConfigError
-
-UI_PORT = 5000  # `make ui` and `mlflow ui` serve here
+from runner import checkpoints, record
 
 
-def tracking_uri(cfg, cwd):
-    """The configured URI, else $MLFLOW_TRACKING_URI, else a SQLite store in the launch directory.
-
-    Resolved to an absolute path up front, so a changed working directory (Hydra
-    may change it) cannot scatter runs into per-run output directories.
-    """
-    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path(cwd).resolve() / 'mlflow.db'}"
-
-
-def experiment(cfg, cwd):
-    """Point MLflow at the store and return the experiment id, creating the experiment once.
-
-    A local store keeps its artifacts beside it in ./mlartifacts (an absolute path).
-    """
-    uri = tracking_uri(cfg, cwd)
-    mlflow.set_tracking_uri(uri)
-    found = mlflow.get_experiment_by_name(cfg.experiment_name)
-    if found is not None:
-        return found.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-    try:
-        return mlflow.create_experiment(cfg.experiment_name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
-        return mlflow.get_experiment_by_name(cfg.experiment_name).experiment_id
-
-
-@contextmanager
-def start_run(cfg, cwd, run_name, tags, resume=None):
-    """An active MLflow run: FINISHED when the block ends, FAILED (with the error as a tag) when it
-    raises, KILLED on Ctrl-C or SIGTERM. `resume` continues that run id instead of starting one."""
-    experiment_id = experiment(cfg.mlflow, cwd)
-    close_dead_runs(experiment_id)
-    tags = {**tags, **_owner()}
-    with mlflow.start_run(run_id=resume, experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-        try:
-            if resume is None:
-                mlflow.log_params(params(cfg), synchronous=True)
-            yield run
-        except BaseException as error:
-            mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
-            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-            mlflow.end_run(RunStatus.to_string(getattr(RunStatus, status)))
-            raise
-        finally:
-            mlflow.flush_async_logging()
-
-
-def start_parent(experiment_id, name, sweep_dir, tags):
-    """A sweep's parent run, left RUNNING for its jobs to nest under; returns its id.
-
-    Made with the client, not `mlflow.start_run`: jobs of the basic launcher run
-    in this same process and must not find it as their active run.
-    """
-    tags = {**tags, "runner.sweep_dir": sweep_dir, **_owner()}
-    return mlflow.MlflowClient().create_run(experiment_id, run_name=name, tags=tags).info.run_id
-
-
-def record_failure(cfg, cwd, run_name, tags, error):
-    """A FAILED run for a job that failed before its run could start (a bad value in one sweep point)."""
-    client = mlflow.MlflowClient()
-    run = client.create_run(experiment(cfg, cwd), run_name=run_name, tags={**tags, "error": str(error)[:5000]})
-    client.set_terminated(run.info.run_id, "FAILED")
-
-
-def sweep_parent(experiment_id, sweep_dir):
-    """The RUNNING parent run of the sweep writing to `sweep_dir`, or None."""
-    found = mlflow.MlflowClient().search_runs(
-        [experiment_id], f"tags.`runner.sweep_dir` = '{sweep_dir}' and attributes.status = 'RUNNING'", max_results=1
-    )
-    return found[0] if found else None
-
-
-def finished_run(experiment_id, fingerprint):
-    """A FINISHED run of the identical config, or None."""
-    found = mlflow.MlflowClient().search_runs(
-        [experiment_id], f"tags.`runner.config_hash` = '{fingerprint}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1,
-    )
-    return found[0] if found else None
-
-
-def sweep_rows(parent_id, fingerprints=None):
-    """The leaderboard's rows, best test accuracy first: one per grid point (the latest run of its
-    config, from this sweep or an earlier one), else one per child run of the parent."""
-    client = mlflow.MlflowClient()
-    experiment_id = client.get_run(parent_id).info.experiment_id
-    runs = {}
-    if fingerprints:
-        for point, fingerprint in fingerprints.items():
-            found = client.search_runs(
-                [experiment_id], f"tags.`runner.config_hash` = '{fingerprint}'", order_by=["attributes.start_time DESC"]
-            )
-            found = [r for r in found if r.info.status == "FINISHED"] or found
-            runs[point] = found[0] if found else None
-    else:
-        for run in client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"):
-            runs[run.data.tags.get("overrides", "")] = run
-    rows = []
-    for point, run in runs.items():
-        if run is None:
-            rows.append({"overrides": point, "status": "MISSING"})
-            continue
-        metrics, info = run.data.metrics, run.info
-        rows.append({
-            "overrides": point, "status": info.status, "run_id": info.run_id,
-            "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
-            "epochs": len(client.get_metric_history(info.run_id, "loss")),
-            "wall_s": round((info.end_time - info.start_time) / 1000, 1) if info.end_time else None,
-        })
-    rows.sort(key=lambda r: -(r.get("test_accuracy") or -1.0))
-    for rank, row in enumerate(rows, start=1):
-        row["rank"] = rank
-    return rows
-
-
-def end_parent(parent_id, rows, files, failed):
-    """Log the leaderboard files and the best test accuracy to the parent run, and end it."""
-    client = mlflow.MlflowClient()
-    for name, text in files.items():
-        client.log_text(parent_id, text, f"leaderboard/{name}")
-    best = [r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None]
-    if best:
-        client.log_metric(parent_id, "best_test_accuracy", max(best))
-    client.set_tag(parent_id, "jobs_failed", str(failed))
-    client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
-
-
-def resumable_run(cfg, cwd, run_id):
-    """The MLflow run `run_id`, checked to be one `resume` can continue."""
-    experiment(cfg, cwd)
-    try:
-        run = mlflow.get_run(run_id)
-    except mlflow.exceptions.MlflowException as error:
-        raise ConfigError(f"resume: no run {run_id!r} in {mlflow.get_tracking_uri()}.") from error
-    if run.info.status == "FINISHED":
-        raise ConfigError(f"resume: run {run_id} already FINISHED; there is nothing to resume.")
-    if "runner.output_dir" not in run.data.tags:
-        raise ConfigError(f"resume: run {run_id} has no local checkpoint (tag runner.output_dir).")
-    return run
-
-
-def close_dead_runs(experiment_id):
-    """Mark KILLED the runs this machine left RUNNING from a process that no longer exists (kill -9)."""
-    client = mlflow.MlflowClient()
-    host = socket.gethostname()
-    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
-        tags = run.data.tags
-        if tags.get("runner.host") != host or not tags.get("runner.pid", "").isdigit():
-            continue
-        if _alive(int(tags["runner.pid"])):
-            continue
-        message = (
-            f"the process (pid {tags['runner.pid']}) ended without closing the run: killed with SIGKILL, "
-            f"or the machine went down. Continue it with: runner resume={run.info.run_id}"
-        )
-        client.set_tag(run.info.run_id, "error", message)
-        client.set_terminated(run.info.run_id, "KILLED")
-        print(f"runner: found run {run.info.run_id} left RUNNING; marked it KILLED: {message}", file=sys.stderr)
-
-
-def _owner():
-    """Tags naming the process that owns a run, so `close_dead_runs` can tell if it died."""
-    return {"runner.host": socket.gethostname(), "runner.pid": str(os.getpid())}
-
-
-def _alive(pid):
-    if pid == os.getpid():
-        return True  # this process: a sweep's parent run while its jobs run here
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def log_start(cfg, model):
+    """The config (secrets masked) and the parameter count, as soon as the model exists."""
+    mlflow.log_text(record.public_yaml(cfg), "config.yaml")
+    mlflow.log_metric("num_params", model.count_params(), synchronous=True)
 
 
 def log_missing_epochs(history):
@@ -207,27 +28,13 @@ def log_missing_epochs(history):
             mlflow.log_metrics(logs, step=epoch, synchronous=True)
 
 
-SECRET = re.compile(r"password|secret|token|api_?key|credential", re.IGNORECASE)
-
-
-def params(cfg):
-    """The resolved config as MLflow params: dotted keys, secret-looking values masked."""
-    flat = flatten(OmegaConf.to_container(cfg, resolve=True))
-    return {k: "***" if SECRET.search(k.rpartition(".")[2]) else v for k, v in flat.items()}
-
-
-def flatten(tree, prefix=""):
-    """{'a': {'b': [1, 2]}} -> {'a.b.0': 1, 'a.b.1': 2}: MLflow params are flat key-value pairs."""
-    if isinstance(tree, dict):
-        items = tree.items()
-    elif isinstance(tree, list) and tree:
-        items = enumerate(tree)
-    else:
-        return {prefix: tree}
-    flat = {}
-    for key, value in items:
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
+def log_final(results, step, resumed):
+    """The test metrics at `step`, once: a resumed run killed during its final logging has them already."""
+    if resumed:
+        client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+        results = {k: v for k, v in results.items() if step not in {m.step for m in client.get_metric_history(run_id, k)}}
+    if results:
+        mlflow.log_metrics(results, step=step, synchronous=True)
 
 
 class MlflowMetrics(keras.callbacks.Callback):
@@ -243,46 +50,44 @@ class MlflowMetrics(keras.callbacks.Callback):
 
 
 class MlflowBatchLoss(keras.callbacks.Callback):
-    """Logs the running training loss every `every` steps as `batch_loss` (step = global step).
+    """Logs the running training loss every `every` steps as `batch_loss` (step = global step, which
+    a resumed run continues from `first_step`).
 
     Only added when loop.log_every_n_steps is set: reading the loss syncs the
     device with the host, and a batch-end hook turns off Keras' async dispatch.
     """
 
-    def __init__(self, every):
+    def __init__(self, every, first_step=0):
         super().__init__()
-        self.every, self.steps = every, 0
+        self.every, self.steps = every, first_step
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
         if self.steps % self.every == 0 and logs and "loss" in logs:
             mlflow.log_metric("batch_loss", float(logs["loss"]), step=self.steps, synchronous=False)
 
+    def on_train_end(self, logs=None):
+        mlflow.flush_async_logging()  # every point is stored before the run can end
 
-def callbacks(loop_cfg):
+
+def callbacks(loop_cfg, first_step=0):
     """The MLflow callbacks for one run, the same for both loops."""
-    batch = [MlflowBatchLoss(loop_cfg.log_every_n_steps)] if loop_cfg.log_every_n_steps else []
-    return [MlflowMetrics(), *batch]
+    every = loop_cfg.log_every_n_steps
+    return [MlflowMetrics(), *([MlflowBatchLoss(every, first_step)] if every else [])]
 
 
 def log_model(model, output_dir, save_model):
-    """The model summary, the graph and, when asked, the trained model (.keras) as artifacts."""
+    """The model summary and, when asked, the trained model (.keras) as artifacts."""
     out = Path(output_dir)
     lines = []
     model.summary(print_fn=lambda line, **_: lines.append(line), line_length=100)
-    (out / "model_summary.txt").write_text("\n".join(lines) + "\n")
-    mlflow.log_artifact(str(out / "model_summary.txt"))
+    mlflow.log_text("\n".join(lines) + "\n", "model_summary.txt")
     if save_model:
         path = out / "model.keras"
         model.save(path)
         mlflow.log_artifact(str(path), artifact_path="model")
 
 
-def ui_link(run):
-    """The command and URL that open this run in the MLflow UI (its Model-training view, not GenAI)."""
-    uri = mlflow.get_tracking_uri()
-    local = not uri.startswith(("http://", "https://"))
-    base = f"http://127.0.0.1:{UI_PORT}" if local else uri.rstrip("/")
-    command = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}" if local else None
-    url = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
-    return command, url
+def log_checkpoint(directory):
+    """The checkpoint manifest (epoch history, the run it belongs to) as an artifact."""
+    mlflow.log_artifact(str(Path(directory) / checkpoints.STATE), artifact_path="checkpoints")

@@ -1,136 +1,118 @@
-"""`run(cfg)`: validate, then data -> model -> loop, all recorded in one MLflow run.
+"""`run(cfg)`: check the config, open its record, prepare the work, train, report.
 
 Importable and testable without Hydra: the entry point (`runner.main`) only
-hands over the composed config and what Hydra knows about the job.
+hands over the composed config and what Hydra knows about the job. The
+record (identity, tags, output directory, resume and skip decisions) lives in
+`runner.record`; the work (model and pipelines) in `prepare`, which bench,
+tests and the sweep preflight call too.
 """
 
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from runner import config
-from runner.errors import ConfigError
-
-GROUPS = ("model", "model-style", "dataset", "optimizer", "loop", "experiment")
 
 
-def run(cfg, *, cwd=".", output_dir=None, choices=None, overrides=(), sweep_dir=None, threads=None):
+@dataclass
+class Job:
+    """What Hydra knows about one job; every field has a default for calls without Hydra."""
+
+    cwd: str = "."  # the launch directory: relative paths (data, store) are read from here
+    output_root: str = None  # Hydra's output directory; the run's own directory goes inside (default cwd/outputs)
+    choices: dict = None  # group -> option, as tags
+    overrides: tuple = ()  # the command line's, as a tag (and a sweep job's run name)
+    multirun: bool = False  # a job of a sweep: nests under the sweep's parent run
+    threads: int = None  # TensorFlow threads (parallel sweep jobs share the cores)
+
+
+def run(cfg, job=None, **fields):
     """Train and evaluate one config; return its last validation and its test metrics.
 
-    `cwd` anchors relative paths (the data file, the local MLflow store);
-    `output_dir` receives the run's files and checkpoints (default: a
-    temporary directory); `choices` (group -> option) and `overrides` become
-    MLflow tags; a job of a sweep names its `sweep_dir`, which finds its
-    parent run. With `cfg.resume` set to a run id, that run continues from its
-    last checkpoint, with the config it started with. `threads` caps
-    TensorFlow's threads (parallel sweep jobs share the cores).
+    With `cfg.resume` set to a run id, that run continues from its last
+    checkpoint with the config it started with.
     """
-    cfg = _absolute_paths(cfg, cwd)
-    try:
-        graph = config.validate(cfg)  # milliseconds, before TensorFlow is imported
-    except ConfigError as error:
-        if sweep_dir:  # a sweep keeps a FAILED run of the broken job, beside the others
-            from runner import tracking
+    job = job or Job(**fields)
+    cfg, graph = checked(cfg, job.cwd, failed_run=job)
+    from runner import record  # imports MLflow (1.7 s): only once the config is known to be good
+    from runner.record import Tag
 
-            run_name, tags = _identity(cfg, cwd, choices, overrides, sweep_dir)
-            tracking.record_failure(cfg.mlflow, cwd, run_name, tags, error)
-        raise
+    experiment_id = record.open_store(cfg.mlflow, job.cwd)
+    previous = cfg.resume and record.resumable_run(cfg.resume, job.overrides)
+    if previous:
+        out = Path(previous.data.tags[Tag.OUTPUT_DIR])
+        cfg = config.load(out / "config.yaml", resume=cfg.resume, mlflow=cfg.mlflow, loop={"verbose": cfg.loop.verbose})
+        cfg, graph = checked(cfg, job.cwd)
+        run_name, tags = None, {Tag.RESUMED_WITH: " ".join(record.redact_override(o) for o in job.overrides)}
+    else:
+        parent = job.multirun and record.sweep_parent(experiment_id, cfg.sweep.id) or None
+        if cfg.sweep.skip_finished:
+            done = record.finished_run(experiment_id, config.fingerprint(cfg))
+            if done:
+                print(f"runner: skipped, the identical config already FINISHED as run {done.info.run_id}", flush=True)
+                return {k: v for k, v in done.data.metrics.items() if k.startswith(("test_", "val_"))}
+        run_name, tags = record.identity(job.choices, job.overrides, config.fingerprint(cfg), parent)
 
-    import keras  # noqa: I001  (imports TensorFlow: only once the config is known to be good)
+    from runner import environment, tracking  # import TensorFlow
 
-    from runner import checkpoints, data, loops, models, tracking
-
-    if threads:
-        _set_threads(threads)
-    strategy = loops.strategy(cfg.loop.strategy)  # before other TensorFlow work, as MultiWorkerMirrored needs
-
-    resume = cfg.resume
-    if resume:
-        previous = tracking.resumable_run(cfg.mlflow, cwd, resume)
-        output_dir = previous.data.tags["runner.output_dir"]
-        cfg = config.load(Path(output_dir) / "config.yaml", resume=resume)
-        graph = config.validate(cfg)
-        choices, overrides = {}, [f"resume={resume}"]  # the run keeps its name and group tags
-    if cfg.sweep.resume and not resume:
-        done = tracking.finished_run(tracking.experiment(cfg.mlflow, cwd), config.fingerprint(cfg))
-        if done:
-            print(f"runner: skipped, the identical config already FINISHED as run {done.info.run_id}", flush=True)
-            return {k: v for k, v in done.data.metrics.items() if k.startswith(("test_", "val_"))}
-    run_name, tags = _identity(cfg, cwd, choices, overrides, sweep_dir)
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(output_dir or scratch)
-        ckpt_dir = out / "checkpoints"
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        tags["runner.output_dir"] = str(out)
-        if resume:
-            tags = {"resumed_with": tags.pop("overrides"), **{k: v for k, v in tags.items() if k.startswith("runner.")}}
-        with tracking.start_run(cfg, cwd, run_name, tags, resume=resume) as active:
-            started = time.perf_counter()
-            keras.backend.clear_session()  # jobs of a multirun share this process: no leaked names or RNG state
-            keras.utils.set_random_seed(cfg.seed)
-            keras.mixed_precision.set_global_policy(cfg.loop.precision)  # every job sets it: jobs share a process
-            splits = data.load(cfg.dataset)
-            with strategy.scope():  # variables on every replica; fit and the custom loop follow the model
-                if resume:
-                    model, history = checkpoints.load(ckpt_dir)
-                    tracking.log_missing_epochs(history)
-                else:
-                    model, history = models.build(graph, cfg.model.style), []
-                    models.check_output(model, graph, cfg.dataset.num_classes)
-                    tracking.mlflow.log_artifact(str(out / "config.yaml"))
-                    tracking.mlflow.log_metric("num_params", model.count_params())
-                    loops.compile_model(model, cfg.optimizer, cfg.model.loss, cfg.loop.jit_compile)
-            batch = cfg.loop.batch_size
-            train = data.train_pipeline(*splits.train, batch, cfg.dataset.seed, len(history), cfg.loop.epochs)
-            val, test = data.pipeline(*splits.val, batch), data.pipeline(*splits.test, batch)
-            checkpoint = checkpoints.EpochCheckpoint(ckpt_dir, history)
-            callbacks = [
-                loops.NonFiniteGuard(),
-                checkpoint,  # before MLflow: a logged epoch is a saved epoch
-                *tracking.callbacks(cfg.loop),
-            ]
-            results = loops.train(model, train, val, test, cfg.loop, callbacks, initial_epoch=len(history))
-            tracking.mlflow.log_metrics(results, step=cfg.loop.epochs)
-            tracking.log_model(model, out, cfg.mlflow.log_model)
-            tracking.mlflow.log_artifact(str(ckpt_dir / checkpoints.STATE), artifact_path="checkpoints")
-            elapsed = time.perf_counter() - started
-        _summary(active, results, model.count_params(), elapsed, tracking.ui_link(active))
-    last_epoch = checkpoint.history[-1] if checkpoint.history else {}
+    strategy = environment.setup(cfg.loop, job.threads)  # before any other TensorFlow work
+    with record.started(cfg, experiment_id, run_name, tags, resume=cfg.resume) as active:
+        started = time.perf_counter()
+        if previous:
+            work = prepare(cfg, graph, strategy, resume_from=out / "checkpoints", run_id=cfg.resume)
+        else:
+            out = record.output_dir(job.output_root or Path(job.cwd) / "outputs", active.info.run_id)
+            (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # resume reads it back
+            (out / "config.yaml").chmod(0o600)  # it may hold secrets the record masks
+            record.mlflow.set_tag(Tag.OUTPUT_DIR, str(out))
+            work = prepare(cfg, graph, strategy, run_id=active.info.run_id)
+            tracking.log_start(cfg, work.model)
+        results = work.train(out / "checkpoints")
+        report(work, results, out, cfg, resumed=bool(previous))
+        elapsed = time.perf_counter() - started
+    _summary(active, results, work.model.count_params(), elapsed, record.ui_link(active))
+    last_epoch = work.history[-1] if work.history else {}
     return {**{k: v for k, v in last_epoch.items() if k.startswith("val_")}, **results}
 
 
-def _identity(cfg, cwd, choices, overrides, sweep_dir):
-    """(run name, tags) of a job: its group choices and overrides, its config's fingerprint, and in
-    a sweep its parent run, and a name made of what differs between the sweep's jobs."""
-    from runner import sweep, tracking
+def checked(cfg, cwd, failed_run=None):
+    """(cfg with absolute paths, its layer graph): everything that can be checked before TensorFlow.
 
-    choices = {k: v for k, v in (choices or {}).items() if k in GROUPS and v is not None}
-    run_name = "-".join(str(choices[g]) for g in GROUPS if g in choices) or None
-    tags = {**choices, "overrides": " ".join(overrides)}
+    A sweep job (`failed_run` with multirun set) that fails here still leaves
+    a FAILED run beside the others.
+    """
+    cfg = _absolute_paths(cfg, cwd)
     try:
-        tags["runner.config_hash"] = config.fingerprint(cfg)
-    except Exception:  # an unresolvable config has no fingerprint
-        pass
-    parent = sweep_dir and tracking.sweep_parent(tracking.experiment(cfg.mlflow, cwd), str(sweep_dir))
-    if parent:
-        tags["mlflow.parentRunId"] = parent.info.run_id  # nests this job under its sweep in the UI
-        varying = parent.data.tags.get("runner.varying", "").split()
-        run_name = sweep.differing(overrides, varying)[:250] or run_name
-    return run_name, tags
+        return cfg, config.validate(cfg)
+    except config.ConfigError as error:
+        if failed_run is not None and failed_run.multirun:
+            from runner import record
+
+            experiment_id = record.open_store(cfg.mlflow, cwd)
+            parent = record.sweep_parent(experiment_id, cfg.sweep.id)
+            run_name, tags = record.identity(failed_run.choices, failed_run.overrides, None, parent)
+            record.record_failure(experiment_id, run_name, tags, error)
+        raise
 
 
-def _set_threads(threads):
-    import tensorflow as tf
+def prepare(cfg, graph, strategy=None, resume_from=None, run_id=None):
+    """The work of one run, ready to train: Keras' global state set, the model built (or restored
+    from `resume_from`) and compiled, the data loaded into pipelines."""
+    from runner import work
 
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # a later job in the same worker process: already set when TF started
-        pass
+    return work.Work.prepare(cfg, graph, strategy, resume_from, run_id)
+
+
+def report(work, results, out, cfg, resumed):
+    """The end of the record: test metrics (once, even when a resumed run had logged them before a
+    kill), the model, its summary and the checkpoint manifest."""
+    from runner import tracking
+
+    tracking.log_final(results, step=cfg.loop.epochs, resumed=resumed)
+    tracking.log_model(work.model, out, cfg.mlflow.log_model)
+    tracking.log_checkpoint(out / "checkpoints")
 
 
 def _absolute_paths(cfg, cwd):

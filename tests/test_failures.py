@@ -43,7 +43,7 @@ def start(args, cwd):
 def wait_for_checkpoint(cwd, proc, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if list(Path(cwd).glob("outputs/*/*/checkpoints/last.json")):
+        if list(Path(cwd).glob("outputs/*/*/run-*/checkpoints/state.json")):
             return
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)
@@ -69,7 +69,7 @@ def test_sigterm_marks_the_run_killed_keeps_the_checkpoint_and_exits_promptly(tm
     assert "runner: interrupted: terminated by SIGTERM" in err
     _, (found,) = runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert found.info.status == "KILLED"
-    assert list(tmp_path.glob("outputs/*/*/checkpoints/last.keras"))
+    assert list(tmp_path.glob("outputs/*/*/run-*/checkpoints/epoch-*.keras"))
 
 
 @pytest.mark.slow

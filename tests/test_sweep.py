@@ -20,7 +20,7 @@ def family(cwd):
     """{parent run: [its child runs]} in the sweep's store."""
     client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
-    parents = [r for r in runs if "runner.sweep_dir" in r.data.tags]
+    parents = [r for r in runs if "runner.sweep_id" in r.data.tags and "mlflow.parentRunId" not in r.data.tags]
     return client, {p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id]
                     for p in parents}, {r.info.run_id: r for r in runs}
 
@@ -83,7 +83,7 @@ def test_parallel_jobs_lose_nothing_and_resume_reruns_only_what_is_missing(tmp_p
 
     failed = children[0]
     client.set_terminated(failed.info.run_id, "FAILED")  # as if that job had crashed
-    again = sweep(tmp_path, "sweep.resume=true", *args)
+    again = sweep(tmp_path, "sweep.skip_finished=true", *args)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("skipped, the identical config already FINISHED") == 3
     _, families, _ = family(tmp_path)

@@ -21,7 +21,7 @@ def only_run(uri, experiment="runner"):
 
 def test_one_epoch_on_digits_is_fully_recorded(make_cfg, store, tmp_path):
     cfg = make_cfg("loop.epochs=2", f"mlflow.tracking_uri={store}")
-    results = run(cfg, cwd=tmp_path, output_dir=tmp_path / "out", choices={"model": "seed_cnn"}, overrides=["x=1"])
+    results = run(cfg, cwd=tmp_path, output_root=tmp_path / "out", choices={"model": "seed_cnn"}, overrides=["x=1"])
     client, found = only_run(store)
     assert found.info.status == "FINISHED"
     assert found.data.params["model.layers.1.filters"] == "64"
@@ -105,8 +105,8 @@ def test_users_config_dir_adds_a_model(tmp_path):
 
 
 def test_secret_looking_values_are_not_logged(make_cfg):
-    from runner import tracking
+    from runner import record
 
-    flat = tracking.params(make_cfg("+mlflow.api_token=abc", "+dataset.password=hunter2"))
+    flat = record.params(make_cfg("+mlflow.api_token=abc", "+dataset.password=hunter2"))
     assert flat["mlflow.api_token"] == "***" and flat["dataset.password"] == "***"
     assert flat["optimizer.learning_rate"] == 0.001

@@ -1,0 +1,51 @@
+"""TensorFlow's process-wide settings for one run, made before any other TensorFlow work.
+
+A multi-worker strategy must exist before the first op runs, GPU memory growth
+must be set before a GPU is first used, and op determinism before the first
+kernel is chosen: so this is the first thing a run does after the import.
+"""
+
+import os
+
+import tensorflow as tf
+
+
+def setup(loop_cfg, threads=None):
+    """Threads, GPU memory growth, determinism; return the loop's tf.distribute strategy."""
+    if threads:
+        _set_threads(threads)
+    setup_devices()
+    if loop_cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()  # exact reruns on GPUs, at some speed
+    return strategy(loop_cfg.strategy)
+
+
+def setup_devices():
+    """GPU memory growth: a sweep's jobs share the GPUs with each other and with the preflight,
+    so each takes memory as it needs it instead of all of it."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised by an earlier job of this process
+            pass
+
+
+def strategy(name):
+    """The tf.distribute strategy for loop.strategy: None (one device), "mirrored" (the GPUs of this
+    machine), or "multi_worker" (machines described by the TF_CONFIG environment variable)."""
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        # Without GPUs, every logical CPU device: one on a plain machine, several where a test made them.
+        return tf.distribute.MirroredStrategy(None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")])
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _set_threads(threads):
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # a later job in the same worker process: already set when TF started
+        pass
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))

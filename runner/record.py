@@ -1,0 +1,353 @@
+"""The run's record in MLflow: where it goes, what a run is called and tagged, how it starts and ends.
+
+One owner for the protocol: the tag names (`Tag`), the tracking URI (resolved
+once, to an absolute form), the run's own output directory, the resume and
+skip decisions, and what is masked before anything reaches the store. No
+TensorFlow here, so the store can be opened before (or while) it imports.
+"""
+
+import fcntl
+import os
+import re
+import signal
+import socket
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import mlflow
+from mlflow.entities import RunStatus
+from omegaconf import OmegaConf
+
+from runner.errors import ConfigError
+from runner.redact import redact, redact_override, redact_tree, redact_uri
+
+UI_PORT = 5000  # `make ui` and `mlflow ui` serve here
+GROUPS = ("model", "model-style", "dataset", "optimizer", "loop", "experiment")
+
+
+class Tag:
+    """Every tag the runner sets on a run; nothing else spells these strings."""
+
+    OUTPUT_DIR = "runner.output_dir"  # the run's own directory: config.yaml, checkpoints
+    CONFIG_HASH = "runner.config_hash"  # config.fingerprint: what determines the result
+    HOST = "runner.host"  # with PROCESS: the owner, so a dead one can be told from a live one
+    PID = "runner.pid"
+    PROCESS = "runner.process"  # boot id, pid namespace and start time of the owner process
+    SWEEP_ID = "runner.sweep_id"  # a sweep's unique id, on its parent and on every job
+    VARYING = "runner.varying"  # the keys a sweep varies (on the parent)
+    SKIPPED = "runner.skipped"  # a sweep point skipped as done: the run that did it
+    OVERRIDES = "overrides"
+    RESUMED_WITH = "resumed_with"
+    ERROR = "error"
+    PARENT = "mlflow.parentRunId"  # MLflow's own: nests a job under its sweep in the UI
+
+
+def params(cfg):
+    """The resolved config as MLflow params: dotted keys, secrets masked."""
+    return {k: redact(k, v) for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()}
+
+
+def flatten(tree, prefix=""):
+    """{'a': {'b': [1, 2]}} -> {'a.b.0': 1, 'a.b.1': 2}: MLflow params are flat key-value pairs."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list) and tree:
+        items = enumerate(tree)
+    else:
+        return {prefix: tree}
+    flat = {}
+    for key, value in items:
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def public_yaml(cfg):
+    """The resolved config as YAML with secrets masked: what the `config.yaml` artifact holds."""
+    return OmegaConf.to_yaml(OmegaConf.create(redact_tree(OmegaConf.to_container(cfg, resolve=True))))
+
+
+# ---- where runs go --------------------------------------------------------------------------
+
+
+def tracking_uri(mlflow_cfg, cwd):
+    """The configured URI, else $MLFLOW_TRACKING_URI, else ./mlflow.db; local forms made absolute.
+
+    Relative SQLite URIs (`sqlite:///mlflow.db`), `file:` URIs and plain
+    paths are read from the launch directory `cwd`, so a changed working
+    directory cannot scatter runs.
+    """
+    uri = mlflow_cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///"):
+        path, sep, query = uri.removeprefix("sqlite:///").partition("?")
+        return f"sqlite:///{(Path(cwd) / path).resolve()}{sep}{query}"  # sqlite:////abs stays /abs
+    if uri.startswith("file:"):
+        return (Path(cwd) / urlsplit(uri).path).resolve().as_uri()
+    if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", uri):  # a plain path: MLflow's file store
+        return (Path(cwd) / uri).resolve().as_uri()
+    return uri
+
+
+def sqlite_path(uri):
+    return Path(uri.removeprefix("sqlite:///").partition("?")[0]) if uri.startswith("sqlite:///") else None
+
+
+@contextmanager
+def _store_lock(uri):
+    """Held while a fresh SQLite store is created and migrated: two processes doing it at once race."""
+    db = sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def open_store(mlflow_cfg, cwd):
+    """Point MLflow at the store and return the experiment id, creating store and experiment once.
+
+    A SQLite store keeps its artifacts beside it in ./mlartifacts.
+    """
+    uri = tracking_uri(mlflow_cfg, cwd)
+    mlflow.set_tracking_uri(uri)
+    with _store_lock(uri):
+        found = mlflow.get_experiment_by_name(mlflow_cfg.experiment_name)
+        if found is not None:
+            return found.experiment_id
+        db = sqlite_path(uri)
+        location = (db.parent / "mlartifacts").as_uri() if db else None
+        try:
+            return mlflow.create_experiment(mlflow_cfg.experiment_name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a process on another store lock
+            return mlflow.get_experiment_by_name(mlflow_cfg.experiment_name).experiment_id
+
+
+def output_dir(root, run_id):
+    """The run's own directory: under Hydra's output directory (or `root`), named by the run id,
+    so runs started in the same second, or with a pinned `hydra.run.dir`, never share files."""
+    path = Path(root).resolve() / f"run-{run_id}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---- what identifies a run ------------------------------------------------------------------
+
+
+def identity(choices, overrides, fingerprint=None, parent=None):
+    """(run name, tags) of a job: its group choices and overrides, its config's fingerprint, and in
+    a sweep its parent run and a name made of what differs between the sweep's jobs."""
+    choices = {k: str(v) for k, v in (choices or {}).items() if k in GROUPS and v is not None}
+    overrides = [redact_override(o) for o in overrides]
+    run_name = "-".join(choices[g] for g in GROUPS if g in choices) or None
+    tags = {**choices, Tag.OVERRIDES: " ".join(overrides)}
+    if fingerprint:
+        tags[Tag.CONFIG_HASH] = fingerprint
+    if parent is not None:
+        tags[Tag.PARENT] = parent.info.run_id
+        tags[Tag.SWEEP_ID] = parent.data.tags[Tag.SWEEP_ID]
+        varying = parent.data.tags.get(Tag.VARYING, "").split()
+        run_name = differing(overrides, varying)[:250] or run_name
+    return run_name, tags
+
+
+def differing(overrides, keys):
+    """The overrides among `overrides` that set one of the varying `keys`, as one string."""
+    return " ".join(o for o in overrides if o.split("=")[0].lstrip("+~") in keys)
+
+
+def owner():
+    """Tags naming the process that owns a run, so `close_dead_runs` can tell whether it died."""
+    return {Tag.HOST: socket.gethostname(), Tag.PID: str(os.getpid()), Tag.PROCESS: _process_id(os.getpid())}
+
+
+def _process_id(pid):
+    """boot id : pid namespace : start time of `pid`. Containers sharing a hostname differ in the
+    namespace; a reused pid differs in the start time; "" where the process does not exist."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+        started = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except OSError:
+        return ""
+    return f"{boot}:{namespace}:{started}"
+
+
+def owner_alive(run):
+    """True, False, or None when this machine cannot tell (another host, container or OS)."""
+    tags = run.data.tags
+    pid, process = tags.get(Tag.PID, ""), tags.get(Tag.PROCESS, "")
+    if tags.get(Tag.HOST) != socket.gethostname() or not pid.isdigit() or not process:
+        return None
+    mine = _process_id(os.getpid()).rsplit(":", 1)[0]
+    if process.rsplit(":", 1)[0] != mine:  # another container on this host, or before a reboot
+        return None
+    return _process_id(int(pid)) == process
+
+
+def close_dead_runs(experiment_id):
+    """Mark KILLED the runs this machine's processes left RUNNING and that no longer exist (kill -9).
+    Runs of other hosts, containers or boots are left to their own machine."""
+    client = mlflow.MlflowClient()
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
+        if owner_alive(run) is not False:
+            continue
+        message = (
+            f"the process (pid {run.data.tags[Tag.PID]}) ended without closing the run: killed with SIGKILL, "
+            f"or the machine went down. Continue it with: runner resume={run.info.run_id}"
+        )
+        retry(client.set_tag, run.info.run_id, Tag.ERROR, message)
+        retry(client.set_terminated, run.info.run_id, "KILLED")
+        print(f"runner: found run {run.info.run_id} left RUNNING; marked it KILLED: {message}", file=sys.stderr)
+
+
+# ---- resume and skip ------------------------------------------------------------------------
+
+# Overrides that `resume=` accepts: they change where the record goes or what is printed, not the result.
+RESUME_OVERRIDES = ("resume", "mlflow.", "loop.verbose")
+
+
+def resumable_run(run_id, overrides):
+    """The MLflow run `run_id`, checked to be one `resume` can continue now."""
+    changed = [o for o in overrides if not o.lstrip("+~").startswith(RESUME_OVERRIDES)]
+    if changed:
+        raise ConfigError(
+            f"resume: a resumed run keeps the config it started with, so {' '.join(map(redact_override, changed))!r} "
+            "would be ignored. Remove it, or start a new run with it."
+        )
+    try:
+        run = mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException as error:
+        raise ConfigError(f"resume: no run {run_id!r} in {redact_uri(mlflow.get_tracking_uri())}.") from error
+    if run.info.status == "FINISHED":
+        raise ConfigError(f"resume: run {run_id} already FINISHED; there is nothing to resume.")
+    if Tag.OUTPUT_DIR not in run.data.tags:
+        raise ConfigError(f"resume: run {run_id} has no local checkpoint (tag {Tag.OUTPUT_DIR}).")
+    if run.info.status == "RUNNING" and owner_alive(run) is not False:
+        raise ConfigError(
+            f"resume: run {run_id} is still RUNNING in process {run.data.tags.get(Tag.PID)} on "
+            f"{run.data.tags.get(Tag.HOST)}; two processes must not write one run. Stop it first "
+            "(its checkpoint is kept), then resume."
+        )
+    return run
+
+
+def finished_run(experiment_id, fingerprint):
+    """A FINISHED run of the identical config, or None (what `sweep.skip_finished` skips)."""
+    found = mlflow.MlflowClient().search_runs(
+        [experiment_id], f"tags.`{Tag.CONFIG_HASH}` = '{_quoted(fingerprint)}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return found[0] if found else None
+
+
+def sweep_parent(experiment_id, sweep_id):
+    """The RUNNING parent run of the sweep `sweep_id`, or None."""
+    found = mlflow.MlflowClient().search_runs(
+        [experiment_id], f"tags.`{Tag.SWEEP_ID}` = '{_quoted(sweep_id)}' and attributes.status = 'RUNNING'",
+        max_results=2,
+    )
+    found = [r for r in found if Tag.PARENT not in r.data.tags]
+    return found[0] if found else None
+
+
+def _quoted(value):
+    """A value for a single-quoted MLflow filter string. Fingerprints and sweep ids are hex; anything
+    else is refused rather than escaped, since MLflow's filter grammar has no escape for a quote."""
+    if not re.fullmatch(r"[A-Za-z0-9_.:/-]*", str(value)):
+        raise ValueError(f"not a safe filter value: {value!r}")
+    return value
+
+
+# ---- a run's life ---------------------------------------------------------------------------
+
+
+@contextmanager
+def started(cfg, experiment_id, run_name, tags, resume=None):
+    """An active MLflow run: FINISHED when the block ends, FAILED (with the error and its traceback)
+    when it raises, KILLED on Ctrl-C or SIGTERM. `resume` continues that run id."""
+    close_dead_runs(experiment_id)
+    run = mlflow.start_run(run_id=resume, experiment_id=experiment_id, run_name=run_name, tags={**tags, **owner()})
+    try:
+        if resume is None:
+            mlflow.log_params(params(cfg), synchronous=True)
+        yield run
+    except BaseException as error:
+        with _no_signals():
+            end(run.info.run_id, error)
+        raise
+    else:
+        end(run.info.run_id)
+
+
+def end(run_id, error=None):
+    """End the active run `run_id` with the status `error` implies. Each write is retried; a write
+    that still fails (a locked or lost store) is reported and never stops the status from being set."""
+    retry(mlflow.flush_async_logging)  # batch losses queued in the background are stored first
+    if error is None:
+        status = "FINISHED"
+    else:
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        client = mlflow.MlflowClient()
+        retry(client.set_tag, run_id, Tag.ERROR, redact_uri(f"{type(error).__name__}: {error}")[:5000])
+        if not isinstance(error, (KeyboardInterrupt, ConfigError)):
+            text = "".join(traceback.format_exception(error))
+            retry(client.log_text, run_id, redact_uri(text), "error/traceback.txt")
+    try:
+        retry(mlflow.end_run, status)
+    finally:
+        stack = mlflow.tracking.fluent._active_run_stack.get()
+        if stack and stack[-1].info.run_id == run_id:  # never leave it active for the next job of this process
+            stack.pop()
+
+
+def retry(fn, *args, tries=4, pause=0.5):
+    """Call fn; on an MLflow or connection error wait and try again (pause doubles). After the last
+    try, report and return None: recording a failure must not raise a second one."""
+    for attempt in range(tries):
+        try:
+            return fn(*args)
+        except Exception as error:  # "database is locked", a restarting server
+            if attempt == tries - 1:
+                print(f"runner: could not record {fn.__name__}{args[:2]} in MLflow: {error}", file=sys.stderr)
+                return None
+            time.sleep(pause * 2**attempt)
+
+
+@contextmanager
+def _no_signals():
+    """SIGTERM and SIGINT wait while a run records how it ended: a second `kill` must not leave it RUNNING."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def record_failure(experiment_id, run_name, tags, error):
+    """A FAILED run for a job that failed before its run could start (a bad value in one sweep point)."""
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, Tag.ERROR: str(error)[:5000]})
+    retry(client.set_terminated, run.info.run_id, "FAILED")
+
+
+def ui_link(run):
+    """The command and URL that open this run in the MLflow UI (its Model-training view, not GenAI)."""
+    uri = mlflow.get_tracking_uri()
+    local = not uri.startswith(("http://", "https://"))
+    base = f"http://127.0.0.1:{UI_PORT}" if local else redact_uri(uri).rstrip("/")
+    command = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}" if local else None
+    url = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
+    return command, url
