@@ -117,6 +117,12 @@ def open_store(mlflow_cfg, cwd):
     A SQLite store keeps its artifacts beside it in ./mlartifacts.
     """
     uri = tracking_uri(mlflow_cfg, cwd)
+    if uri.startswith("file:") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+        raise ConfigError(
+            f"mlflow.tracking_uri: {uri} is MLflow's file store, which MLflow 3 keeps in maintenance mode and "
+            "refuses by default. Use a SQLite store (the default, sqlite:///mlflow.db), or set "
+            "MLFLOW_ALLOW_FILE_STORE=true to use the file store anyway."
+        )
     mlflow.set_tracking_uri(uri)
     with _store_lock(uri):
         found = mlflow.get_experiment_by_name(mlflow_cfg.experiment_name)
@@ -308,9 +314,13 @@ def end(run_id, error=None):
             stack.pop()
 
 
-def retry(fn, *args, tries=4, pause=0.5):
+RETRY_PAUSE = 0.5  # seconds before the second try; doubles, 3.5 s in all over four tries
+
+
+def retry(fn, *args, tries=4):
     """Call fn; on an MLflow or connection error wait and try again (pause doubles). After the last
     try, report and return None: recording a failure must not raise a second one."""
+    pause = RETRY_PAUSE
     for attempt in range(tries):
         try:
             return fn(*args)

@@ -1,0 +1,192 @@
+"""The run's record can be trusted: store forms, redaction, identity, resume decisions, final status."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from runner import record
+from runner.errors import ConfigError
+from runner.record import Tag
+from runner.train import run
+
+QUICK = ["loop.epochs=1", "dataset.limit=200", "loop.verbose=0", "mlflow.log_model=false"]
+
+
+def only_run(uri):
+    client = MlflowClient(uri)
+    (found,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    return client, found
+
+
+# ---- store forms ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("sqlite:///mlflow.db", "sqlite:///{cwd}/mlflow.db"),
+    ("sqlite:///sub/../x.db?timeout=30", "sqlite:///{cwd}/x.db?timeout=30"),
+    ("sqlite:////abs/m.db", "sqlite:////abs/m.db"),
+    ("file:./mlruns", "file://{cwd}/mlruns"),
+    ("file:///abs/mlruns", "file:///abs/mlruns"),
+    ("mlruns", "file://{cwd}/mlruns"),
+    ("http://user:pw@127.0.0.1:5001", "http://user:pw@127.0.0.1:5001"),
+    ("postgresql://u:p@127.0.0.1/mlflow", "postgresql://u:p@127.0.0.1/mlflow"),
+])
+def test_tracking_uri_forms_are_made_absolute_from_the_launch_directory(tmp_path, given, expected):
+    cfg = OmegaConf.create({"tracking_uri": given})
+    assert record.tracking_uri(cfg, tmp_path) == expected.format(cwd=tmp_path.resolve())
+
+
+def test_default_store_is_mlflow_db_in_the_launch_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert record.tracking_uri(OmegaConf.create({"tracking_uri": None}), tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+@pytest.mark.parametrize("uri, store_file", [("sqlite:///rel/mlflow.db", "rel/mlflow.db"), ("file:./mlruns", "mlruns")])
+def test_relative_store_uris_work(make_cfg, tmp_path, monkeypatch, uri, store_file):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # MLflow's own documented relative form
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses its file store without it
+    monkeypatch.chdir("/")  # the process's directory does not matter: the launch directory does
+    results = run(make_cfg(*QUICK), cwd=tmp_path)
+    assert (tmp_path / store_file).exists()
+    client, found = only_run(record.tracking_uri(OmegaConf.create({"tracking_uri": None}), tmp_path))
+    assert found.info.status == "FINISHED"
+    assert found.data.metrics["test_accuracy"] == pytest.approx(results["test_accuracy"])
+    mlflow.set_tracking_uri(None)
+
+
+def test_file_store_without_mlflows_opt_in_is_one_clear_error(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(ConfigError, match=r"mlflow.tracking_uri: file://.*/mlruns is MLflow's file store.*MLFLOW_ALLOW_FILE_STORE=true"):
+        run(make_cfg(*QUICK, "mlflow.tracking_uri=mlruns"), cwd=tmp_path)
+
+
+# ---- redaction ------------------------------------------------------------------------------
+
+
+def test_redaction_of_values_overrides_and_uris():
+    assert record.redact_uri("see http://bob:hunter2@host:5000/x and https://h/y") == "see http://bob:***@host:5000/x and https://h/y"
+    assert record.redact_override("+dataset.password=hunter2") == "+dataset.password=***"
+    assert record.redact_override("mlflow.tracking_uri=http://u:pw@h") == "mlflow.tracking_uri=http://u:***@h"
+    assert record.redact_override("optimizer=adam") == "optimizer=adam"
+    assert record.redact("mlflow.api_token", "abc") == "***" and record.redact("loop.epochs", 3) == 3
+
+
+def test_identity_masks_secrets_in_tags_and_names():
+    name, tags = record.identity({"model": "mlp", "hydra/launcher": "x"}, ["+dataset.password=hunter2", "seed=3"], "abc")
+    assert name == "mlp"
+    assert tags == {"model": "mlp", Tag.OVERRIDES: "+dataset.password=*** seed=3", Tag.CONFIG_HASH: "abc"}
+
+
+def test_filter_values_are_refused_rather_than_quoted_wrongly():
+    with pytest.raises(ValueError, match="not a safe filter value"):
+        record._quoted("x' or '1'='1")
+
+
+def cli(*args, cwd, env=None, timeout=300):
+    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env={**environment, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def stored_text(tmp_path):
+    """Everything the store holds: the database's bytes and every artifact file."""
+    text = Path(tmp_path / "mlflow.db").read_bytes().decode("latin-1")
+    for path in (tmp_path / "mlartifacts").rglob("*"):
+        if path.is_file():
+            text += path.read_bytes().decode("latin-1")
+    return text
+
+
+def test_secrets_reach_nowhere_in_the_store(tmp_path):
+    done = cli("+dataset.password=hunter2", "+dataset.source=http://bob:hunter3@data.example/x", *QUICK, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    client, found = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert found.data.params["dataset.password"] == "***"
+    assert found.data.params["dataset.source"] == "http://bob:***@data.example/x"
+    assert "+dataset.password=***" in found.data.tags[Tag.OVERRIDES]
+    assert {"config.yaml"} <= {a.path for a in client.list_artifacts(found.info.run_id)}
+    text = stored_text(tmp_path)
+    assert "hunter2" not in text and "hunter3" not in text
+    assert "hunter" not in done.stdout + done.stderr
+    # The run's own directory keeps the real value (resume needs it), readable by its owner only.
+    (config_yaml,) = tmp_path.glob("outputs/*/*/run-*/config.yaml")
+    assert "hunter2" in config_yaml.read_text() and config_yaml.stat().st_mode & 0o077 == 0
+
+
+# ---- final status ---------------------------------------------------------------------------
+
+
+def test_a_failure_while_recording_the_failure_still_ends_the_run_failed(make_cfg, store, tmp_path, monkeypatch):
+    real = MlflowClient.set_tag
+
+    def locked(self, run_id, key, value, *args, **kwargs):
+        if key == Tag.ERROR:
+            raise mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database is locked")
+        return real(self, run_id, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "set_tag", locked)
+    monkeypatch.setattr(record, "RETRY_PAUSE", 0.01)
+    with pytest.raises(ConfigError, match="no file at"):
+        run(make_cfg("dataset=npz", "dataset.path=missing.npz", "dataset.num_classes=10", "dataset.input_shape=[8,8,1]",
+                     f"mlflow.tracking_uri={store}"), cwd=tmp_path)
+    _, found = only_run(store)
+    assert found.info.status == "FAILED"
+    assert mlflow.active_run() is None  # nothing left active for the next job of this process
+
+
+def test_an_unexpected_error_keeps_its_traceback_in_the_run(make_cfg, store, tmp_path, monkeypatch):
+    from runner import work
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom in the data stage")
+
+    monkeypatch.setattr(work.data, "load", boom)
+    with pytest.raises(RuntimeError):
+        run(make_cfg(*QUICK, f"mlflow.tracking_uri={store}"), cwd=tmp_path)
+    client, found = only_run(store)
+    assert found.info.status == "FAILED" and found.data.tags[Tag.ERROR] == "RuntimeError: boom in the data stage"
+    traceback = Path(client.download_artifacts(found.info.run_id, "error/traceback.txt", str(tmp_path))).read_text()
+    assert "Traceback" in traceback and "def boom" not in traceback and "boom in the data stage" in traceback
+
+
+def test_dead_runs_of_other_hosts_and_containers_are_left_alone(store):
+    mlflow.set_tracking_uri(store)
+    experiment = mlflow.create_experiment("runner")
+    client = MlflowClient()
+    mine = record.owner()
+    dead_pid = "999999"  # above the default pid_max: no such process
+    boot, namespace, _ = mine[Tag.PROCESS].split(":")
+    cases = {
+        "this host, dead": {**mine, Tag.PID: dead_pid, Tag.PROCESS: f"{boot}:{namespace}:1"},
+        "other host": {**mine, Tag.HOST: "elsewhere", Tag.PID: dead_pid},
+        "other container": {**mine, Tag.PID: dead_pid, Tag.PROCESS: f"{boot}:1:1"},
+        "this process": mine,
+    }
+    ids = {name: client.create_run(experiment, tags=tags).info.run_id for name, tags in cases.items()}
+    record.close_dead_runs(experiment)
+    status = {name: client.get_run(i).info.status for name, i in ids.items()}
+    assert status == {"this host, dead": "KILLED", "other host": "RUNNING", "other container": "RUNNING",
+                      "this process": "RUNNING"}
+
+
+# ---- resume decisions -----------------------------------------------------------------------
+
+
+def test_resume_refuses_an_override_it_would_ignore(store):
+    with pytest.raises(ConfigError, match=r"resume: a resumed run keeps the config it started with, so 'loop.epochs=9'"):
+        record.resumable_run("abc", ["resume=abc", "loop.epochs=9", "mlflow.experiment_name=x", "loop.verbose=0"])
+
+
+def test_resume_refuses_a_run_whose_owner_is_alive(store, tmp_path):
+    mlflow.set_tracking_uri(store)
+    experiment = mlflow.create_experiment("runner")
+    live = MlflowClient().create_run(experiment, tags={**record.owner(), Tag.OUTPUT_DIR: str(tmp_path)})
+    with pytest.raises(ConfigError, match=r"is still RUNNING in process \d+ on .*two processes must not write one run"):
+        record.resumable_run(live.info.run_id, [f"resume={live.info.run_id}"])
