@@ -151,3 +151,57 @@ def test_optuna_search_maximises_validation_accuracy(tmp_path):
     assert len(trials) == 3 and {t.info.status for t in trials} == {"FINISHED"}
     best = max(t.data.metrics["val_accuracy"] for t in trials)
     assert f"Best value: {best}" in done.stdout + done.stderr  # the job returns its validation accuracy
+
+
+def test_the_readme_offline_sweep_with_a_relative_path_finishes_every_row(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 255, (240, 8, 8), dtype=np.uint8), (np.arange(240) % 3).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x[:200], y_train=y[:200], x_test=x[200:], y_test=y[200:])
+    done = sweep(tmp_path, "dataset=npz", "dataset.path=d.npz", "dataset.num_classes=3", "dataset.input_shape=[8,8,1]",
+                 "optimizer=adam,sgd", *QUICK)
+    assert done.returncode == 0, done.stderr
+    assert "2 of 2 jobs FINISHED" in done.stdout and "MISSING" not in done.stdout
+    _, families, runs = family(tmp_path)
+    ((parent_id, children),) = families.items()
+    assert runs[parent_id].info.status == "FINISHED" and len(children) == 2
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_together_keep_their_own_jobs(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    pinned = ["hydra.sweep.dir=pinned"]  # the same directory and second: only the sweep id tells them apart
+    procs = [subprocess.Popen([sys.executable, "-m", "runner", "-m", *pinned, f"seed={s}", "optimizer=adam,sgd", *QUICK],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for s in (1, 2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    _, families, runs = family(tmp_path)
+    assert len(families) == 2
+    for parent_id, children in families.items():
+        seeds = {c.data.params["seed"] for c in children}
+        assert len(children) == 2 and len(seeds) == 1 and runs[parent_id].data.tags["overrides"].count(seeds.pop())
+        assert runs[parent_id].info.status == "FINISHED"
+
+
+def test_an_error_in_the_end_of_sweep_callback_does_not_leave_the_parent_running(store, monkeypatch):
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from runner import record, sweep as sweep_module
+
+    mlflow.set_tracking_uri(store)
+    experiment = mlflow.create_experiment("runner")
+    callback = sweep_module.SweepCallback()
+    callback.parent = MlflowClient().create_run(experiment, tags={record.Tag.SWEEP_ID: "s1"}).info.run_id
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("store went away")
+
+    monkeypatch.setattr(sweep_module, "sweep_rows", broken)
+    with pytest.raises(RuntimeError):
+        callback.on_multirun_end(OmegaConf.create({"hydra": {"overrides": {"task": ["a=1,2"]}}}))
+    parent = MlflowClient().get_run(callback.parent)
+    assert parent.info.status == "FAILED" and "store went away" in parent.data.tags["error"]
