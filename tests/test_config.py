@@ -108,3 +108,18 @@ def test_shipped_keras_index_is_what_the_installed_keras_says():
     if shipped["keras"] != version("keras"):
         pytest.skip(f"keras_api.json is for Keras {shipped['keras']}; this Keras gets its own cached index")
     assert json.loads(json.dumps(keras_api.generate())) == shipped  # else: python -m runner.keras_api
+
+
+def test_the_fingerprint_follows_the_data_content_not_its_name(make_cfg, tmp_path):
+    import numpy as np
+
+    from runner import config as config_module
+
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros(3))
+    cfg = make_cfg("dataset=npz", f"dataset.path={path}", "dataset.num_classes=3", "dataset.input_shape=[1]")
+    before = config_module.fingerprint(cfg)
+    assert config_module.fingerprint(make_cfg("dataset=npz", f"dataset.path={path}", "dataset.num_classes=3",
+                                              "dataset.input_shape=[1]", "loop.verbose=0", "mlflow.log_model=false")) == before
+    np.savez(path, x=np.ones(3))
+    assert config_module.fingerprint(cfg) != before

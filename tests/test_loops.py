@@ -25,11 +25,12 @@ def test_custom_and_fit_keep_one_contract(make_cfg, store, tmp_path, style):
     assert fit_run.data.metrics.keys() == custom_run.data.metrics.keys()
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy"} <= custom_run.data.metrics.keys()
     assert custom_run.info.status == "FINISHED"
-    # Same seed, data, initial weights and shuffling: the first epoch is the same
-    # computation up to float summation order, so the results agree closely
-    # (seen equal to 4 decimals here). 0.02 is 7 of 360 test images.
-    assert abs(results["fit"]["test_accuracy"] - results["custom"]["test_accuracy"]) <= 0.02
-    assert results["custom"]["test_loss"] == pytest.approx(results["fit"]["test_loss"], rel=0.1)
+    # Same seed, data, initial weights and batches: the first epoch is the same computation up
+    # to float summation order, so the results agree to rounding (seen equal to 4 decimals here):
+    # at most one of 360 test images may flip, the loss within 1e-3.
+    assert abs(results["fit"]["test_accuracy"] - results["custom"]["test_accuracy"]) <= 1 / 360 + 1e-9
+    assert results["custom"]["test_loss"] == pytest.approx(results["fit"]["test_loss"], rel=1e-3)
+    assert results["fit"]["test_accuracy"] > 0.5  # one epoch on digits; chance is 0.1
 
 
 def prepared(make_cfg, *overrides):
@@ -86,7 +87,7 @@ def test_batch_loss_every_n_steps(make_cfg, store, tmp_path, loop):
 def test_eager_custom_loop_runs(make_cfg, store, tmp_path):
     cfg = make_cfg("loop=custom", "loop.eager=true", "loop.epochs=1", "dataset.limit=100", "mlflow.log_model=false",
                    f"mlflow.tracking_uri={store}")
-    assert run(cfg, cwd=tmp_path)["test_accuracy"] > 0.1
+    assert run(cfg, cwd=tmp_path)["test_loss"] < 2.2  # below the untrained ~2.30 (ln 10): it learned
 
 
 TWO_REPLICAS = """

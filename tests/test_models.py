@@ -1,5 +1,7 @@
 """One graph, three builders: same parameters, same outputs, same initial weights."""
 
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -140,3 +142,41 @@ def test_mixed_precision_keeps_the_output_layer_in_float32(make_cfg, style):
     layers = [layer for layer in model.layers if layer.weights]
     assert [layer.dtype_policy.name for layer in layers] == ["mixed_bfloat16"] * 3 + ["float32"]
     assert model(np.zeros((1, 8, 8, 1), np.float32)).dtype == "float32"
+
+
+REEXPORT = """
+import keras
+
+Sneaky = keras.layers.Lambda
+"""
+
+
+def test_code_running_layers_are_refused_by_any_path(tmp_path, monkeypatch):
+    (tmp_path / "sneaky.py").write_text(REEXPORT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"'keras.layers.Lambda' is not allowed as a custom layer"):
+        Graph.parse([{"type": "keras.layers.Lambda", "function": "print"}], [4], custom_layers=["keras.layers"])
+    with pytest.raises(ConfigError, match=r"'os.Thing' is not allowed as a custom layer"):
+        Graph.parse([{"type": "os.Thing"}], [4], custom_layers=["os"])
+    graph = Graph.parse([{"type": "sneaky.Sneaky", "function": "print"}], [4], custom_layers=["sneaky"])
+    with pytest.raises(ConfigError, match=r"'sneaky.Sneaky' is a code-running Keras layer; it is refused"):
+        models.build(graph, "functional")
+
+
+def test_a_saved_model_naming_a_module_the_run_does_not_allow_is_refused(tmp_path, monkeypatch):
+    from runner import checkpoints
+
+    (tmp_path / "my_layers.py").write_text(CUSTOM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    graph = Graph.parse([{"type": "my_layers.Scale"}, {"type": "Flatten"}, {"type": "Dense", "units": 2}], [4, 4, 1],
+                        custom_layers=["my_layers"])
+    models.build(graph, "subclass").save(tmp_path / "m.keras")
+    monkeypatch.delitem(sys.modules, "my_layers")  # a fresh process: the module is not imported yet
+    with pytest.raises(ConfigError, match=r"names custom layer modules \['my_layers'\] that the run's config does not allow"):
+        keras.saving.load_model(tmp_path / "m.keras")
+    assert "my_layers" not in sys.modules  # refused before anything imported it
+    token = checkpoints.allowed_modules.set(("my_layers",))
+    try:
+        assert keras.saving.load_model(tmp_path / "m.keras").count_params() == 34
+    finally:
+        checkpoints.allowed_modules.reset(token)

@@ -32,6 +32,18 @@ def interrupted_after(epoch, monkeypatch):
     monkeypatch.setattr(tracking.MlflowMetrics, "on_epoch_end", on_epoch_end)
 
 
+def stopped_run(make_cfg, uri, tmp_path, monkeypatch, *overrides):
+    """(client, run) of a run stopped by Ctrl-C after epoch 1: KILLED, with its checkpoint."""
+    with monkeypatch.context() as patch:
+        interrupted_after(1, patch)
+        with pytest.raises(KeyboardInterrupt):
+            run(make_cfg(*BASE, *overrides, f"mlflow.tracking_uri={uri}"), cwd=tmp_path)
+    client = MlflowClient(uri)
+    (stopped,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    assert stopped.info.status == "KILLED"
+    return client, stopped
+
+
 def history(uri, run_id, key="loss"):
     return [round(m.value, 5) for m in sorted(MlflowClient(uri).get_metric_history(run_id, key), key=lambda m: m.step)]
 
@@ -73,13 +85,7 @@ def check_resume_is_exact(make_cfg, tmp_path, monkeypatch, overrides):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     a, b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
     reference = run(make_cfg(*BASE, *overrides, f"mlflow.tracking_uri={a}"), cwd=tmp_path)
-    with monkeypatch.context() as patch:
-        interrupted_after(1, patch)
-        with pytest.raises(KeyboardInterrupt):
-            run(make_cfg(*BASE, *overrides, f"mlflow.tracking_uri={b}"), cwd=tmp_path)
-    client = MlflowClient(b)
-    (stopped,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
-    assert stopped.info.status == "KILLED"
+    client, stopped = stopped_run(make_cfg, b, tmp_path, monkeypatch, *overrides)
     resumed = run(make_cfg(f"resume={stopped.info.run_id}", f"mlflow.tracking_uri={b}"), cwd=tmp_path)
     (ref_run,) = MlflowClient(a).search_runs([MlflowClient(a).get_experiment_by_name("runner").experiment_id])
     for key in ("loss", "val_loss", "accuracy"):
@@ -100,9 +106,7 @@ def test_resume_is_exact_with_mixed_precision_and_custom_random_layers(make_cfg,
 
 
 def test_a_checkpoint_of_another_run_is_refused(make_cfg, store, tmp_path, monkeypatch):
-    interrupted_after(1, monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        run(make_cfg(*BASE, f"mlflow.tracking_uri={store}"), cwd=tmp_path)
+    stopped_run(make_cfg, store, tmp_path, monkeypatch)
     (manifest,) = tmp_path.glob("outputs/run-*/checkpoints/state.json")
     state = json.loads(manifest.read_text())
     assert state["epoch"] == 1 and len(state["history"]) == 1 and (manifest.parent / state["model"]).is_file()
@@ -130,13 +134,7 @@ def test_resumed_final_logging_is_not_repeated(make_cfg, store, tmp_path, monkey
 
 
 def test_batch_loss_steps_continue_after_resume(make_cfg, store, tmp_path, monkeypatch):
-    every = ["loop.log_every_n_steps=4", "loop=custom"]
-    with monkeypatch.context() as patch:
-        interrupted_after(1, patch)
-        with pytest.raises(KeyboardInterrupt):
-            run(make_cfg(*BASE, *every, f"mlflow.tracking_uri={store}"), cwd=tmp_path)
-    client = MlflowClient(store)
-    (found,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    client, found = stopped_run(make_cfg, store, tmp_path, monkeypatch, "loop.log_every_n_steps=4", "loop=custom")
     run(make_cfg(f"resume={found.info.run_id}", f"mlflow.tracking_uri={store}"), cwd=tmp_path)
     steps = [m.step for m in client.get_metric_history(found.info.run_id, "batch_loss")]
     # 600 examples, 540 for training: 17 batches of 32 an epoch, 51 in all; every 4th logged once.

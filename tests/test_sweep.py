@@ -124,12 +124,17 @@ def test_sweep_logs_to_a_real_tracking_server(tmp_path):
             except OSError:
                 assert time.monotonic() < deadline and server.poll() is None, "server did not start"
                 time.sleep(0.5)
+        secret_uri = f"http://bob:hunter4@127.0.0.1:{port}"  # credentials in the URI: used, never recorded
         done = subprocess.run(
             [sys.executable, "-m", "runner", "-m", "optimizer=adam,sgd", *QUICK], cwd=tmp_path,
-            env={**os.environ, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=600,
+            env={**os.environ, "MLFLOW_TRACKING_URI": secret_uri}, capture_output=True, text=True, timeout=600,
         )
         assert done.returncode == 0, done.stderr
         assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
+        assert "hunter4" not in done.stdout + done.stderr and "bob:***@127.0.0.1" in done.stdout
+        stored = (tmp_path / "server.db").read_bytes() + b"".join(
+            p.read_bytes() for p in (tmp_path / "server-artifacts").rglob("*") if p.is_file())
+        assert b"hunter4" not in stored
         client = MlflowClient(uri)
         runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
         children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -160,12 +165,16 @@ def test_the_readme_offline_sweep_with_a_relative_path_finishes_every_row(tmp_pa
     x, y = rng.integers(0, 255, (240, 8, 8), dtype=np.uint8), (np.arange(240) % 3).astype(np.uint8)
     np.savez(tmp_path / "d.npz", x_train=x[:200], y_train=y[:200], x_test=x[200:], y_test=y[200:])
     done = sweep(tmp_path, "dataset=npz", "dataset.path=d.npz", "dataset.num_classes=3", "dataset.input_shape=[8,8,1]",
-                 "optimizer=adam,sgd", *QUICK)
+                 "optimizer=adam,sgd", "+dataset.password=hunter2", *QUICK)
     assert done.returncode == 0, done.stderr
     assert "2 of 2 jobs FINISHED" in done.stdout and "MISSING" not in done.stdout
     _, families, runs = family(tmp_path)
     ((parent_id, children),) = families.items()
     assert runs[parent_id].info.status == "FINISHED" and len(children) == 2
+    assert "+dataset.password=***" in runs[parent_id].info.run_name  # the parent's name and tags are masked too
+    store = (tmp_path / "mlflow.db").read_bytes() + b"".join(
+        p.read_bytes() for p in (tmp_path / "mlartifacts").rglob("*") if p.is_file())
+    assert b"hunter2" not in store and "hunter2" not in done.stdout + done.stderr
 
 
 @pytest.mark.slow
@@ -205,3 +214,18 @@ def test_an_error_in_the_end_of_sweep_callback_does_not_leave_the_parent_running
         callback.on_multirun_end(OmegaConf.create({"hydra": {"overrides": {"task": ["a=1,2"]}}}))
     parent = MlflowClient().get_run(callback.parent)
     assert parent.info.status == "FAILED" and "store went away" in parent.data.tags["error"]
+
+
+def test_sweep_helpers():
+    from runner import record, sweep as sweep_module
+
+    overrides = ["model-style=sequential,subclass", "optimizer=adam", "+loop.x=1,2"]
+    assert sweep_module.varying(overrides) == ["model-style", "loop.x"]
+    assert [" ".join(p) for p in sweep_module.points(overrides)] == [
+        "model-style=sequential optimizer=adam +loop.x=1", "model-style=sequential optimizer=adam +loop.x=2",
+        "model-style=subclass optimizer=adam +loop.x=1", "model-style=subclass optimizer=adam +loop.x=2"]
+    assert record.differing(["model-style=subclass", "optimizer=adam", "+loop.x=2"], ["model-style", "loop.x"]) == \
+        "model-style=subclass +loop.x=2"
+    rows = [{"rank": 1, "overrides": "a=1", "status": "FINISHED", "test_accuracy": 0.91234, "wall_s": 3.25}]
+    assert "| 1 | a=1 | FINISHED |  | 0.9123 |  | 3.2 |  |" in sweep_module.leaderboard(rows)
+    assert sweep_module.to_csv(rows).splitlines()[1] == "1,a=1,FINISHED,,0.91234,,3.25,"
