@@ -1,7 +1,7 @@
 """Checkpoints at every epoch end, and resuming an MLflow run from the last complete epoch.
 
-A checkpoint is a model file with its optimizer state (`epoch-NNNN.keras`,
-Keras' own format) and one manifest (`state.json`) written last: the run it
+A checkpoint is the model with its optimizer state (`epoch-NNNN/`, Keras' own
+format, unzipped) and one manifest (`state.json`) written last: the run it
 belongs to, the epoch, the model file, the epoch history and the random
 layers' generator states (Keras does not save them). The manifest is fsynced
 and renamed into place, so a kill at any moment leaves the previous complete
@@ -12,6 +12,7 @@ import contextvars
 import importlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import keras
@@ -36,21 +37,26 @@ class EpochCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
         self.history.append({k: float(v) for k, v in (logs or {}).items()})
-        name = f"epoch-{len(self.history):04d}.keras"
-        _atomic(self.directory / name, self.model.save)
+        name = f"epoch-{len(self.history):04d}"
+        # Keras' unzipped format: the weights and optimizer slots go straight into an .h5 file on
+        # disk, where the zipped .keras first buffers the whole weights file in memory.
+        _atomic(self.directory / name, lambda p: self.model.save(p, zipped=False))
         state = {"run_id": self.run_id, "epoch": len(self.history), "model": name, "history": self.history,
                  "seed_generators": [s.tolist() for s in seed_states(self.model)]}
         _atomic(self.directory / STATE, lambda p: Path(p).write_text(json.dumps(state)))
         _fsync(self.directory)
-        for old in self.directory.glob("epoch-*.keras"):  # only after the manifest names the new one
+        for old in self.directory.glob("epoch-*"):  # only after the manifest names the new one
             if old.name != name:
-                old.unlink(missing_ok=True)
+                shutil.rmtree(old, ignore_errors=True)
 
 
 def _atomic(path, write):
-    tmp = path.with_name(f".tmp-{path.name}")  # same suffix: Keras checks it
+    """Write `path` (a file or a directory) under a temporary name, fsync it, rename it into place."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a kill mid-write
     write(tmp)
-    _fsync(tmp)
+    for file in [tmp] if tmp.is_file() else [*tmp.rglob("*"), tmp]:
+        _fsync(file)
     os.replace(tmp, path)
 
 

@@ -69,7 +69,7 @@ def test_sigterm_marks_the_run_killed_keeps_the_checkpoint_and_exits_promptly(tm
     assert "runner: interrupted: terminated by SIGTERM" in err
     _, (found,) = runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert found.info.status == "KILLED"
-    assert list(tmp_path.glob("outputs/*/*/run-*/checkpoints/epoch-*.keras"))
+    assert list(tmp_path.glob("outputs/*/*/run-*/checkpoints/epoch-*/model.weights.h5"))
 
 
 @pytest.mark.slow

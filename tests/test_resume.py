@@ -109,7 +109,7 @@ def test_a_checkpoint_of_another_run_is_refused(make_cfg, store, tmp_path, monke
     stopped_run(make_cfg, store, tmp_path, monkeypatch)
     (manifest,) = tmp_path.glob("outputs/run-*/checkpoints/state.json")
     state = json.loads(manifest.read_text())
-    assert state["epoch"] == 1 and len(state["history"]) == 1 and (manifest.parent / state["model"]).is_file()
+    assert state["epoch"] == 1 and len(state["history"]) == 1 and (manifest.parent / state["model"] / "model.weights.h5").is_file()
     with pytest.raises(ConfigError, match=r"belongs to run '\w+', not 'someone-else'; refusing"):
         checkpoints.load(manifest.parent, "someone-else")
 
