@@ -35,46 +35,74 @@ def run(cfg, job=None, **fields):
     checkpoint with the config it started with.
     """
     job = job or Job(**fields)
-    cfg, graph = checked(cfg, job.cwd, failed_run=job)
-    from runner import record  # imports MLflow (1.7 s): only once the config is known to be good
-    from runner.record import Tag
+    cfg, graph = checked(cfg, job.cwd, failed_run=job)  # milliseconds, before TensorFlow
+    plan = plan_record(cfg, graph, job)
+    if plan.skipped is not None:
+        return plan.skipped
+    from runner import environment, record, tracking  # imports TensorFlow
 
-    experiment_id = record.open_store(cfg.mlflow, job.cwd)
-    previous = cfg.resume and record.resumable_run(cfg.resume, job.overrides)
-    if previous:
-        out = Path(previous.data.tags[Tag.OUTPUT_DIR])
-        cfg = config.load(out / "config.yaml", resume=cfg.resume, mlflow=cfg.mlflow, loop={"verbose": cfg.loop.verbose})
-        cfg, graph = checked(cfg, job.cwd)
-        run_name, tags = None, {Tag.RESUMED_WITH: " ".join(record.redact_override(o) for o in job.overrides)}
-    else:
-        parent = job.multirun and record.sweep_parent(experiment_id, cfg.sweep.id) or None
-        if cfg.sweep.skip_finished:
-            done = record.finished_run(experiment_id, config.fingerprint(cfg))
-            if done:
-                print(f"runner: skipped, the identical config already FINISHED as run {done.info.run_id}", flush=True)
-                return {k: v for k, v in done.data.metrics.items() if k.startswith(("test_", "val_"))}
-        run_name, tags = record.identity(job.choices, job.overrides, config.fingerprint(cfg), parent)
-
-    from runner import environment, tracking  # import TensorFlow
-
-    strategy = environment.setup(cfg.loop, job.threads)  # before any other TensorFlow work
-    with record.started(cfg, experiment_id, run_name, tags, resume=cfg.resume) as active:
+    strategy = environment.setup(plan.cfg.loop, job.threads)  # before any other TensorFlow work
+    with record.started(plan.cfg, plan.experiment_id, plan.run_name, plan.tags, resume=plan.cfg.resume) as active:
         started = time.perf_counter()
-        if previous:
-            work = prepare(cfg, graph, strategy, resume_from=out / "checkpoints", run_id=cfg.resume)
-        else:
-            out = record.output_dir(job.output_root or Path(job.cwd) / "outputs", active.info.run_id)
-            (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))  # resume reads it back
-            (out / "config.yaml").chmod(0o600)  # it may hold secrets the record masks
-            record.mlflow.set_tag(Tag.OUTPUT_DIR, str(out))
-            work = prepare(cfg, graph, strategy, run_id=active.info.run_id)
-            tracking.log_start(cfg, work.model)
+        out = plan.output_dir or own_directory(plan.cfg, job, active.info.run_id)
+        work = prepare(plan.cfg, plan.graph, strategy, resume_from=plan.output_dir and out / "checkpoints",
+                       run_id=active.info.run_id)
+        if plan.output_dir is None:
+            tracking.log_start(plan.cfg, work.model)
         results = work.train(out / "checkpoints")
-        report(work, results, out, cfg, resumed=bool(previous))
+        report(work, results, out, plan.cfg, resumed=plan.output_dir is not None)
         elapsed = time.perf_counter() - started
     _summary(active, results, work.model.count_params(), elapsed, record.ui_link(active))
     last_epoch = work.history[-1] if work.history else {}
     return {**{k: v for k, v in last_epoch.items() if k.startswith("val_")}, **results}
+
+
+@dataclass
+class Plan:
+    """What the record decided before any training: the config to run (a resumed run's own), where it
+    is recorded and under which name and tags; `skipped` holds the results of a sweep point done before."""
+
+    cfg: object
+    graph: object
+    experiment_id: str = None
+    run_name: str = None
+    tags: dict = None
+    output_dir: Path = None  # a resumed run's own directory
+    skipped: dict = None
+
+
+def plan_record(cfg, graph, job):
+    """Open the store, then decide: resume a run (its saved config), skip a point done before, or start
+    a run named and tagged from the job (nested under its sweep's parent)."""
+    from runner import record  # imports MLflow (1.7 s): only once the config is known to be good
+
+    experiment_id = record.open_store(cfg.mlflow, job.cwd)
+    if cfg.resume:
+        previous = record.resumable_run(cfg.resume, job.overrides)
+        out = Path(previous.data.tags[record.Tag.OUTPUT_DIR])
+        cfg = config.load(out / "config.yaml", resume=cfg.resume, mlflow=cfg.mlflow, loop={"verbose": cfg.loop.verbose})
+        tags = {record.Tag.RESUMED_WITH: " ".join(record.redact_override(o) for o in job.overrides)}
+        return Plan(*checked(cfg, job.cwd), experiment_id, None, tags, output_dir=out)
+    fingerprint = config.fingerprint(cfg)
+    if cfg.sweep.skip_finished:
+        done = record.finished_run(experiment_id, fingerprint)
+        if done:
+            print(f"runner: skipped, the identical config already FINISHED as run {done.info.run_id}", flush=True)
+            return Plan(cfg, graph, skipped={k: v for k, v in done.data.metrics.items() if k.startswith(("test_", "val_"))})
+    parent = record.sweep_parent(experiment_id, cfg.sweep.id) if job.multirun else None
+    return Plan(cfg, graph, experiment_id, *record.identity(job.choices, job.overrides, fingerprint, parent))
+
+
+def own_directory(cfg, job, run_id):
+    """The new run's own directory, with the config it runs (resume reads it back), tagged on the run."""
+    from runner import record
+
+    out = record.output_dir(job.output_root or Path(job.cwd) / "outputs", run_id)
+    path = out / "config.yaml"
+    path.touch(mode=0o600)  # it may hold secrets that the record masks: readable by its owner only
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    record.mlflow.set_tag(record.Tag.OUTPUT_DIR, str(out))
+    return out
 
 
 def checked(cfg, cwd, failed_run=None):
