@@ -286,7 +286,7 @@ def started(cfg, experiment_id, run_name, tags, resume=None):
             mlflow.log_params(params(cfg), synchronous=True)
         yield run
     except BaseException as error:
-        with _no_signals():
+        with signals_deferred():
             end(run.info.run_id, error)
         raise
     else:
@@ -332,8 +332,10 @@ def retry(fn, *args, tries=4):
 
 
 @contextmanager
-def _no_signals():
-    """SIGTERM and SIGINT wait while a run records how it ended: a second `kill` must not leave it RUNNING."""
+def signals_deferred():
+    """SIGTERM and SIGINT wait (milliseconds) while the record is written: a `kill` that lands inside
+    a store write would leave its connection mid-transaction and the store locked for the write that
+    records the KILLED status; a second `kill` during that write must not leave the run RUNNING."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():

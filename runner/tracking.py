@@ -14,8 +14,9 @@ from runner import checkpoints, record
 
 def log_start(cfg, model):
     """The config (secrets masked) and the parameter count, as soon as the model exists."""
-    mlflow.log_text(record.public_yaml(cfg), "config.yaml")
-    mlflow.log_metric("num_params", model.count_params(), synchronous=True)
+    with record.signals_deferred():
+        mlflow.log_text(record.public_yaml(cfg), "config.yaml")
+        mlflow.log_metric("num_params", model.count_params(), synchronous=True)
 
 
 def log_missing_epochs(history):
@@ -34,7 +35,8 @@ def log_final(results, step, resumed):
         client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
         results = {k: v for k, v in results.items() if step not in {m.step for m in client.get_metric_history(run_id, k)}}
     if results:
-        mlflow.log_metrics(results, step=step, synchronous=True)
+        with record.signals_deferred():
+            mlflow.log_metrics(results, step=step, synchronous=True)
 
 
 class MlflowMetrics(keras.callbacks.Callback):
@@ -46,7 +48,8 @@ class MlflowMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         # Synchronous: a few ms an epoch, and no async queue whose flush costs a second at the end.
-        mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1, synchronous=True)
+        with record.signals_deferred():
+            mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1, synchronous=True)
 
 
 class MlflowBatchLoss(keras.callbacks.Callback):
