@@ -39,7 +39,6 @@ class Tag:
     PROCESS = "runner.process"  # boot id, pid namespace and start time of the owner process
     SWEEP_ID = "runner.sweep_id"  # a sweep's unique id, on its parent and on every job
     VARYING = "runner.varying"  # the keys a sweep varies (on the parent)
-    SKIPPED = "runner.skipped"  # a sweep point skipped as done: the run that did it
     OVERRIDES = "overrides"
     RESUMED_WITH = "resumed_with"
     ERROR = "error"

@@ -50,10 +50,10 @@ def history(uri, run_id, key="loss"):
 
 CASES = {
     "dropout": ["model=mlp"],
-    "custom loop": ["loop=custom"],
-    "subclass": ["model-style=subclass", "model=mlp"],
 }
 SLOW_CASES = {
+    "custom loop": ["loop=custom"],
+    "subclass": ["model-style=subclass", "model=mlp"],
     "mixed precision": ["loop.precision=mixed_bfloat16", "model=mlp"],
     "custom layers, custom loop": ["loop=custom", "model.custom_layers=[my_noise]", "model.layers=[{type: Flatten}, "
                                    "{type: my_noise.Noise, stddev: 0.3}, {type: Dense, units: 10, activation: softmax}]"],
@@ -101,7 +101,7 @@ def test_stop_after_epoch_1_and_resume_equals_the_uninterrupted_run(make_cfg, tm
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", SLOW_CASES)
-def test_resume_is_exact_with_mixed_precision_and_custom_random_layers(make_cfg, tmp_path, monkeypatch, case):
+def test_resume_is_exact_for_every_loop_style_and_option(make_cfg, tmp_path, monkeypatch, case):
     check_resume_is_exact(make_cfg, tmp_path, monkeypatch, SLOW_CASES[case])
 
 
