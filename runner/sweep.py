@@ -16,6 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from runner import data
 from runner.config import fingerprint, validate
 from runner.errors import ConfigError
 
@@ -90,6 +91,7 @@ def preflight(cfgs):
     broken, graphs = [], {}
     for point, cfg in cfgs.items():
         try:
+            cfg = data.fill(cfg)  # classes and shapes from the data, before validation
             graphs[point] = (validate(cfg), cfg)
         except ConfigError as error:
             broken.append(f"  {point or '(no overrides)'}: {error}")

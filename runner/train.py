@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from runner import config
+from runner import config, data
 from runner.errors import ConfigError
 
 GROUPS = ("model", "model-style", "dataset", "optimizer", "loop", "experiment")
@@ -29,6 +29,7 @@ def run(cfg, *, cwd=".", output_dir=None, choices=None, overrides=(), sweep_dir=
     """
     cfg = _absolute_paths(cfg, cwd)
     try:
+        cfg = data.fill(cfg)  # classes and shapes from the data: a missing data file is the first error
         graph = config.validate(cfg)  # milliseconds, before TensorFlow is imported
     except ConfigError as error:
         if sweep_dir:  # a sweep keeps a FAILED run of the broken job, beside the others
@@ -40,7 +41,7 @@ def run(cfg, *, cwd=".", output_dir=None, choices=None, overrides=(), sweep_dir=
 
     import keras  # noqa: I001  (imports TensorFlow: only once the config is known to be good)
 
-    from runner import checkpoints, data, loops, models, tracking
+    from runner import checkpoints, loops, models, tracking
 
     if threads:
         _set_threads(threads)
@@ -134,10 +135,11 @@ def _set_threads(threads):
 
 
 def _absolute_paths(cfg, cwd):
-    """A copy of cfg whose dataset.path is absolute, read from where the user launched."""
+    """A copy of cfg whose dataset.path and test_path are absolute, read from where the user launched."""
     cfg = cfg.copy()
-    if not OmegaConf.is_missing(cfg.dataset, "path") and cfg.dataset.path is not None:
-        cfg.dataset.path = str((Path(cwd) / Path(cfg.dataset.path).expanduser()).resolve())
+    for key in ("path", "test_path"):
+        if not OmegaConf.is_missing(cfg.dataset, key) and cfg.dataset[key] is not None:
+            cfg.dataset[key] = str((Path(cwd) / Path(cfg.dataset[key]).expanduser()).resolve())
     return cfg
 
 
