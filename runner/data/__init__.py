@@ -108,16 +108,14 @@ def load(cfg) -> Splits:
     test = test if test is not None else slice(None)
     if data.kind == "table":
         vocab = tables.vocabularies(data.x_train, train)
-        x, x_test = tables.encode(data.x_train, train, vocab, x_test)
-        data.x_train = x
-    elif data.kind == "files" and cfg.cache != "none":
+        data.x_train, x_test = tables.encode(data.x_train, train, vocab, x_test)
+    parts = [(x[rows], y[rows]) for x, y, rows in
+             ((data.x_train, data.y_train, train), (data.x_train, data.y_train, val), (x_test, y_test, test))]
+    if data.kind == "files" and cfg.cache != "none":
         from runner.data import pipelines
 
-        x_test = pipelines.decoded(x_test[test], cfg.cache, info.digest, "test")
-        test = slice(None)
-        data.x_train = pipelines.decoded(data.x_train, cfg.cache, info.digest, "train")
-    return Splits(*((x[rows], y[rows]) for x, y, rows in (
-        (data.x_train, data.y_train, train), (data.x_train, data.y_train, val), (x_test, y_test, test))), info=info)
+        parts = [(pipelines.decoded(x, cfg.cache, info.digest), y) for x, y in parts]
+    return Splits(*parts, info=info)
 
 
 def train_pipeline(x, y, batch_size, seed, first_epoch, epochs):

@@ -35,6 +35,8 @@ def listing(path, key, class_names=None):
         if unknown:
             raise ConfigError(f"{key}: class folders {unknown} are not among the training classes {class_names}.")
         found = class_names
+    if len(found) < 2:
+        raise ConfigError(f"{key}: {str(root)!r} has {len(found)} class folder(s) {found}; a classifier needs two or more.")
     paths, labels = [], []
     for label, name in enumerate(found):
         folder = root / name
@@ -43,8 +45,6 @@ def listing(path, key, class_names=None):
             raise ConfigError(f"{key}: class folder {str(folder)!r} holds no images ({', '.join(EXTENSIONS)}).")
         paths += [str(p) for p in files]
         labels += [label] * len(files)
-    if len(found) < 2:
-        raise ConfigError(f"{key}: {str(root)!r} has {len(found)} class folder(s) {found}; a classifier needs two or more.")
     return np.array(paths), np.array(labels, dtype=np.int32), found
 
 

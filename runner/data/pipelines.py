@@ -2,6 +2,7 @@
 files decoded and resized per example. Each epoch's training order is a pure function of (seed,
 epoch) in all three, so a resumed run sees the same batches as an uninterrupted one."""
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def pipeline(x, y, batch_size):
     return ds.map(_scale, num_parallel_calls=PARALLEL).prefetch(2).with_options(_options())
 
 
-def decoded(files, cache, digest, split):
+def decoded(files, cache, digest):
     """The images of `files` decoded once into a uint8 array: in memory (cache=memory), or in a
     memory-mapped .npy under ~/.cache/runner that later runs reuse (cache=disk; the data's digest
     and the shape name it, so changed data never reads a stale cache)."""
@@ -65,7 +66,8 @@ def decoded(files, cache, digest, split):
         out = np.empty(shape, np.uint8)
     else:
         folder = Path(os.environ.get("RUNNER_CACHE_DIR", Path.home() / ".cache" / "runner"))
-        path = folder / f"{digest[:24]}-{split}-{'x'.join(map(str, shape))}.npy"
+        rows = hashlib.sha256("\n".join(files.paths.tolist()).encode()).hexdigest()[:12]  # which images, in order
+        path = folder / f"{digest[:24]}-{rows}-{'x'.join(map(str, shape))}.npy"
         if path.is_file():
             return np.load(path, mmap_mode="r")
         folder.mkdir(parents=True, exist_ok=True)
