@@ -2,6 +2,7 @@
 files decoded and resized per example. Each epoch's training order is a pure function of (seed,
 epoch) in all three, so a resumed run sees the same batches as an uninterrupted one."""
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from runner.data.folders import Files
+from runner.data.tfds import SHUFFLE_BUFFER, Stream
 
 PARALLEL = 2  # this machine's cores; autotuning is off (see _options)
 
@@ -20,6 +22,8 @@ def train_pipeline(x, y, batch_size, seed, first_epoch, epochs):
     One iterator serves every epoch: none is destroyed at an epoch end, where
     TF 2.21 can stall the main thread for seconds.
     """
+    if isinstance(x, Stream):
+        return _stream_epochs(x, batch_size, seed, first_epoch, epochs), -(-len(x) // batch_size)
     n = len(y)
     labels = tf.constant(y)
 
@@ -45,7 +49,9 @@ def train_pipeline(x, y, batch_size, seed, first_epoch, epochs):
 
 def pipeline(x, y, batch_size):
     """A batched tf.data.Dataset of (float32 examples, int labels), in order (validation, test)."""
-    if isinstance(x, Files):
+    if isinstance(x, Stream):
+        ds = x.dataset.batch(batch_size)
+    elif isinstance(x, Files):
         ds = tf.data.Dataset.from_tensor_slices((x.paths, y))
         ds = ds.map(lambda p, label: (_read_image(p, x.shape), label), num_parallel_calls=PARALLEL).batch(batch_size)
     elif isinstance(x, np.memmap):
@@ -57,6 +63,16 @@ def pipeline(x, y, batch_size):
     return ds.map(_scale, num_parallel_calls=PARALLEL).prefetch(2).with_options(_options())
 
 
+def _stream_epochs(x, batch_size, seed, first_epoch, epochs):
+    """A stream's epochs one after another, each shuffled (in a bounded buffer) with a seed made of
+    (seed, epoch): the same pure function of both as the arrays' order."""
+    buffer = max(1, min(len(x), SHUFFLE_BUFFER))
+    parts = [x.dataset.shuffle(buffer, seed=(seed * 1_000_003 + epoch) % 2**63, reshuffle_each_iteration=False)
+             .batch(batch_size) for epoch in range(first_epoch, epochs)]
+    ds = functools.reduce(tf.data.Dataset.concatenate, parts) if parts else x.dataset.batch(batch_size).take(0)
+    return ds.map(_scale, num_parallel_calls=PARALLEL).prefetch(2).with_options(_options())
+
+
 def decoded(files, cache, digest):
     """The images of `files` decoded once into a uint8 array: in memory (cache=memory), or in a
     memory-mapped .npy under ~/.cache/runner that later runs reuse (cache=disk; the data's digest
@@ -65,12 +81,11 @@ def decoded(files, cache, digest):
     if cache == "memory":
         out = np.empty(shape, np.uint8)
     else:
-        folder = Path(os.environ.get("RUNNER_CACHE_DIR", Path.home() / ".cache" / "runner"))
+        folder = cache_dir()
         rows = hashlib.sha256("\n".join(files.paths.tolist()).encode()).hexdigest()[:12]  # which images, in order
         path = folder / f"{digest[:24]}-{rows}-{'x'.join(map(str, shape))}.npy"
         if path.is_file():
             return np.load(path, mmap_mode="r")
-        folder.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial.npy")
         out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
     ds = tf.data.Dataset.from_tensor_slices(files.paths).map(lambda p: _read_image(p, files.shape), num_parallel_calls=PARALLEL)
@@ -84,6 +99,13 @@ def decoded(files, cache, digest):
     del out
     partial.rename(path)  # complete files only: an interrupted run leaves no half-written cache
     return np.load(path, mmap_mode="r")
+
+
+def cache_dir():
+    """Where dataset.cache=disk writes: $RUNNER_CACHE_DIR, else ~/.cache/runner."""
+    folder = Path(os.environ.get("RUNNER_CACHE_DIR", Path.home() / ".cache" / "runner"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _read_image(path, shape):
