@@ -144,7 +144,7 @@ def _read(cfg):
     if cfg.name in tables.SKLEARN_TABLES:
         columns, y, names, path = tables.read_sklearn(cfg.name)
         return _Data("table", columns, y.astype(np.int32), None, None, str(path), file_digest(path), names)
-    if cfg.name == "digits":
+    if cfg.name == "digits" and cfg.path is None:  # with a path: that .npz, as for the keras.datasets names
         raw, path = arrays.read_digits()
         return _arrays(cfg, raw, str(path or "sklearn.datasets.load_digits"), file_digest(path) if path else None)
     if cfg.path is not None:
