@@ -52,7 +52,7 @@ class SweepCallback(Callback):
         cfgs = {}
         if grid:
             for job in points(overrides):
-                cfgs[" ".join(job)] = hydra.compose(config_name="config", overrides=job)
+                cfgs[" ".join(job)] = as_run(hydra.compose(config_name="config", overrides=job), config.hydra.runtime.cwd)
             self.hashes = {point: fingerprint(cfg) for point, cfg in cfgs.items()}
             if config.sweep.preflight:
                 preflight(cfgs)
@@ -83,6 +83,17 @@ class SweepCallback(Callback):
                                                  "leaderboard.html": to_html(rows, summary)}, failed)
         if failed:
             sys.exit(1)  # after the table: a sweep with failed jobs must not look green in a script
+
+
+def as_run(cfg, cwd):
+    """A point's config as its job fingerprints it: absolute data paths, classes and shapes from the
+    data; unchanged where the data is broken (preflight reports that)."""
+    from runner.train import _absolute_paths
+
+    try:
+        return data.fill(_absolute_paths(cfg, cwd))
+    except ConfigError:
+        return cfg
 
 
 def preflight(cfgs):
