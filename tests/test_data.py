@@ -218,3 +218,30 @@ def test_train_pipeline_order_depends_only_on_seed_and_epoch():
     assert [b[1].numpy().tolist() for b in resumed] == labels[4:]
     assert labels[0:2] != labels[2:4]  # a new order every epoch
     assert sorted(sum(labels[0:2], [])) == list(range(10))
+
+
+def test_cli_trains_an_npz_given_only_its_path(tmp_path):
+    arrays = good_arrays(40)
+    arrays["x_train"] = np.kron(arrays["x_train"], np.ones((1, 2, 2), np.uint8))  # 8x8: room for seed_cnn's convolutions
+    arrays["x_test"] = np.kron(arrays["x_test"], np.ones((1, 2, 2), np.uint8))
+    write(tmp_path / "d.npz", **arrays)
+    out = subprocess.run([sys.executable, "-m", "runner", "dataset=npz", "dataset.path=d.npz", "loop.epochs=1",
+                          "loop.verbose=0", "mlflow.log_model=false"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "(seed_cnn-functional-npz-adam-fit)" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("style", ["sequential", "functional", "subclass"])
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_an_npz_trains_in_every_style_and_loop_from_its_path_alone(make_cfg, store, tmp_path, style, loop):
+    rng = np.random.default_rng(0)
+    y = np.arange(120) % 2
+    x = (rng.normal(60, 20, (120, 8, 8)) + 120 * y[:, None, None]).clip(0, 255).astype(np.uint8)
+    write(tmp_path / "d.npz", x_train=x[:100], y_train=y[:100], x_test=x[100:], y_test=y[100:])
+    cfg = make_cfg("dataset=npz", "dataset.path=d.npz", f"model-style={style}", f"loop={loop}", "model=mlp",
+                   "loop.epochs=3", "loop.batch_size=8", "loop.verbose=0", f"mlflow.tracking_uri={store}")
+    from runner.train import run
+
+    assert run(cfg, cwd=tmp_path)["test_accuracy"] >= 0.9
