@@ -66,7 +66,8 @@ def compose_error(error):
     if isinstance(error, ConfigCompositionException) and isinstance(cause, (ConfigKeyError, ConfigAttributeError)) \
             and cause.parent_node is not None:
         keys = [str(k) for k in cause.parent_node.keys()]
-        return (f"{cause.full_key}: no such key; {cause.object_type_str or 'it'} has {keys}.{did_you_mean(str(cause.key), keys)} "
+        hint = did_you_mean(str(cause.key), keys)
+        return (f"{cause.full_key}: no such key; {cause.object_type_str or 'it'} has {keys}.{hint} "
                 f"To add a key the config does not set, prefix it with +: +{cause.full_key}=...")
     if isinstance(error, ConfigCompositionException) and isinstance(cause, ValidationError):
         return f"{cause.full_key}: {str(cause).splitlines()[0]}"

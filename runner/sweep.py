@@ -52,7 +52,8 @@ class SweepCallback(Callback):
         cfgs = {}
         if grid:
             for job in points(overrides):
-                cfgs[" ".join(job)] = as_run(hydra.compose(config_name="config", overrides=job), config.hydra.runtime.cwd)
+                composed = hydra.compose(config_name="config", overrides=job)
+                cfgs[" ".join(job)] = as_run(composed, config.hydra.runtime.cwd)
             self.hashes = {point: fingerprint(cfg) for point, cfg in cfgs.items()}
             if config.sweep.preflight:
                 preflight(cfgs)

@@ -2,6 +2,7 @@
 message naming the array, what was found and the fix (in-process and through the command line)."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -147,7 +148,7 @@ def test_cli_wrong_data_exits_2_with_one_line(tmp_path, case):
     args = ["dataset=npz", "dataset.path=d.npz", *(f"dataset.{k}={v}" for k, v in overrides.items())]
     err = cli(args, tmp_path)
     assert len(err.splitlines()) == 1 and err.startswith("runner: config error: ")
-    assert __import__("re").search(message, err), err
+    assert re.search(message, err), err
 
 
 def cli(args, cwd, status=2):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from runner import data
@@ -87,7 +88,7 @@ def test_folders_that_cannot_train(tmp_path, setup, overrides, message):
     setup(root)
     overrides = {k: str(tmp_path / "test") if v == "TEST" else v for k, v in overrides.items()}
     with pytest.raises(ConfigError, match=message):
-        data.fill(__import__("omegaconf").OmegaConf.create({"seed": 0, "dataset": folder_cfg(root, **overrides)}))
+        data.fill(OmegaConf.create({"seed": 0, "dataset": folder_cfg(root, **overrides)}))
 
 
 def test_cli_missing_folder_exits_2(tmp_path):

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from runner import data
 from runner.errors import ConfigError

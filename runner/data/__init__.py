@@ -171,7 +171,8 @@ def _table(cfg):
     if cfg.test_path is not None:
         test_columns, test_labels = tables.read_csv(cfg.test_path, cfg.label, list(cfg.categorical))
         if list(test_columns) != list(columns):
-            raise ConfigError(f"dataset.test_path: columns {list(test_columns)} differ from dataset.path's {list(columns)}.")
+            raise ConfigError(f"dataset.test_path: columns {list(test_columns)} differ from dataset.path's "
+                              f"{list(columns)}.")
         digest = _combined(digest, file_digest(cfg.test_path))
     names, y, y_test = tables.classes(labels, test_labels, cfg.path)
     return _Data("table", columns, y, test_columns, y_test, str(cfg.path), digest, names)

@@ -36,7 +36,8 @@ def listing(path, key, class_names=None):
             raise ConfigError(f"{key}: class folders {unknown} are not among the training classes {class_names}.")
         found = class_names
     if len(found) < 2:
-        raise ConfigError(f"{key}: {str(root)!r} has {len(found)} class folder(s) {found}; a classifier needs two or more.")
+        raise ConfigError(f"{key}: {str(root)!r} has {len(found)} class folder(s) {found}; "
+                          "a classifier needs two or more.")
     paths, labels = [], []
     for label, name in enumerate(found):
         folder = root / name

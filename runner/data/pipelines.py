@@ -88,7 +88,8 @@ def decoded(files, cache, digest):
             return np.load(path, mmap_mode="r")
         partial = path.with_suffix(".partial.npy")
         out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=shape)
-    ds = tf.data.Dataset.from_tensor_slices(files.paths).map(lambda p: _read_image(p, files.shape), num_parallel_calls=PARALLEL)
+    ds = tf.data.Dataset.from_tensor_slices(files.paths)
+    ds = ds.map(lambda p: _read_image(p, files.shape), num_parallel_calls=PARALLEL)
     start = 0
     for batch in ds.batch(256).prefetch(1):
         out[start:start + len(batch)] = batch.numpy()

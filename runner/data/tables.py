@@ -38,7 +38,8 @@ def read_csv(path, label, categorical):
         )
     for i, row in enumerate(rows):
         if len(row) != len(header):
-            raise ConfigError(f"dataset.path: {str(path)!r} line {i + 2} has {len(row)} fields, the header {len(header)}.")
+            raise ConfigError(f"dataset.path: {str(path)!r} line {i + 2} has {len(row)} fields, "
+                              f"the header {len(header)}.")
     unknown = sorted(set(categorical) - set(header))
     if unknown:
         raise ConfigError(f"dataset.categorical: no columns {unknown} in {str(path)!r}; its columns are {header}.")
@@ -97,7 +98,8 @@ def _number_first(value):
 
 def vocabularies(columns, train_rows):
     """{categorical column: its sorted values in the training rows}: what StringLookup adapts to."""
-    return {name: sorted(set(values[train_rows].tolist())) for name, values in columns.items() if values.dtype.kind == "U"}
+    return {name: sorted(set(values[train_rows].tolist()))
+            for name, values in columns.items() if values.dtype.kind == "U"}
 
 
 def width(columns, vocab):

@@ -25,7 +25,7 @@ class Stream:
 
 
 def prepared(cfg):
-    """The folder of the prepared version of `dataset.tfds` under `dataset.path`, or a ConfigError saying how to prepare it."""
+    """The folder of `dataset.tfds`'s prepared version in `dataset.path`, or a ConfigError saying how to get it."""
     if not cfg.tfds:
         raise ConfigError("dataset.tfds: name a TensorFlow Datasets data set, e.g. dataset.tfds=mnist.")
     if cfg.path is None:
@@ -122,5 +122,6 @@ def load(cfg):
             ds = ds.cache(str(cache))
         return Stream(ds, n, target)
 
-    return Splits((stream(f"train[:{n_train}]", n_train), None), (stream(f"train[{n_train}:{n_train + n_val}]", n_val), None),
-                  (stream("test", n_test), None), info=info)
+    train = stream(f"train[:{n_train}]", n_train)
+    val = stream(f"train[{n_train}:{n_train + n_val}]", n_val)
+    return Splits((train, None), (val, None), (stream("test", n_test), None), info=info)
