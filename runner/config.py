@@ -27,7 +27,9 @@ from runner.keras_api import class_args
 LOOPS = ("fit", "custom")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = (None, "mirrored", "multi_worker")
-DATASETS = ("digits", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100")
+DATASETS = ("digits", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100", "csv", "image_folder", "tfds", "wine",
+            "breast_cancer", "iris")
+CACHES = ("none", "memory", "disk")
 
 
 @dataclass
@@ -44,13 +46,20 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING  # digits | npz | mnist | fashion_mnist | cifar10 | cifar100
-    path: Optional[str] = None  # a local .npz with x_train, y_train, x_test, y_test
-    num_classes: int = MISSING
-    input_shape: List[int] = MISSING
-    validation_split: float = 0.1  # the last 10 % of the training examples
-    limit: Optional[int] = None  # keep only the first N training examples (quick runs)
+    name: str = MISSING  # one of DATASETS
+    path: Optional[str] = None  # a local .npz (x_train, y_train, x_test, y_test), a .csv, or a folder of class folders
+    test_path: Optional[str] = None  # csv, image_folder: a test file or folder; null: dataset.test_split of path
+    num_classes: Optional[int] = None  # null: from the data (labels, class folders, the label column)
+    input_shape: Optional[List[int]] = None  # null: from the data; image_folder: the size images are resized to
+    validation_split: float = 0.1  # of the training examples, after one fixed shuffle
+    test_split: float = 0.2  # csv, image_folder without test_path: held out for testing, fixed shuffle
+    limit: Optional[int] = None  # keep only N training examples (quick runs)
     seed: int = "${seed}"  # shuffling order
+    scale: str = "auto"  # auto: uint8 / 255, other dtypes must say | "255": divide by 255 | none: as they are
+    label: str = "label"  # csv: the column with the classes
+    categorical: List[str] = field(default_factory=list)  # csv: columns of numbers that are categories
+    cache: str = "none"  # image_folder: none (decode per batch) | memory | disk (~/.cache/runner)
+    tfds: Optional[str] = None  # tfds: a TensorFlow Datasets name ("mnist", "mnist:3.0.1"); path is its data_dir
 
 
 @dataclass
@@ -116,6 +125,7 @@ def validate(cfg: DictConfig) -> Graph:
     _one_of("dataset.name", cfg.dataset.name, DATASETS, "dataset")
     _one_of("loop.precision", cfg.loop.precision, PRECISIONS, "loop.precision")
     _one_of("loop.strategy", cfg.loop.strategy, STRATEGIES, "loop.strategy")
+    _one_of("dataset.cache", cfg.dataset.cache, CACHES, "dataset.cache")
     for key in ("loop.epochs", "loop.batch_size", "dataset.num_classes"):
         value = OmegaConf.select(cfg, key)
         if value < 1:
@@ -180,7 +190,7 @@ def fingerprint(cfg):
         plain.pop(key, None)
     plain["loop"].pop("verbose", None)
     plain["_runner"] = version("runner")
-    plain["_data"] = content_digest(plain["dataset"].get("path"))
+    plain["_data"] = [content_digest(plain["dataset"].get(key)) for key in ("path", "test_path")]
     plain["_code"] = {m: content_digest(_module_file(m)) for m in plain["model"].get("custom_layers") or ()}
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from runner import config
+from runner import config, data
 
 
 @dataclass
@@ -113,6 +113,7 @@ def checked(cfg, cwd, failed_run=None):
     """
     cfg = _absolute_paths(cfg, cwd)
     try:
+        cfg = data.fill(cfg)  # classes and shapes from the data: a missing data file is the first error
         return cfg, config.validate(cfg)
     except config.ConfigError as error:
         if failed_run is not None and failed_run.multirun:
@@ -144,10 +145,11 @@ def report(work, results, out, cfg, resumed):
 
 
 def _absolute_paths(cfg, cwd):
-    """A copy of cfg whose dataset.path is absolute, read from where the user launched."""
+    """A copy of cfg whose dataset.path and test_path are absolute, read from where the user launched."""
     cfg = cfg.copy()
-    if not OmegaConf.is_missing(cfg.dataset, "path") and cfg.dataset.path is not None:
-        cfg.dataset.path = str((Path(cwd) / Path(cfg.dataset.path).expanduser()).resolve())
+    for key in ("path", "test_path"):
+        if not OmegaConf.is_missing(cfg.dataset, key) and cfg.dataset[key] is not None:
+            cfg.dataset[key] = str((Path(cwd) / Path(cfg.dataset[key]).expanduser()).resolve())
     return cfg
 
 

@@ -12,6 +12,8 @@ MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.
 def make_cfg():
     """compose(overrides) -> the composed config, exactly as `runner <overrides>` sees it."""
 
+    import runner.config  # noqa: F401  (registers the schema with Hydra's ConfigStore)
+
     def make(*overrides):
         with initialize_config_module(config_module="runner.conf", version_base="1.3"):
             return compose(config_name="config", overrides=list(overrides), return_hydra_config=False)

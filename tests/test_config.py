@@ -8,7 +8,7 @@ import pytest
 
 from hydra.errors import ConfigCompositionException
 
-from runner import config
+from runner import config, data
 from runner.errors import ConfigError
 
 CONF = Path(config.__file__).with_name("conf")
@@ -23,11 +23,15 @@ def test_groups_are_the_documented_ones():
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_validates(make_cfg, group, option):
     overrides = [f"{group}={option}"]
-    if group == "dataset" and option == "npz":
-        overrides += ["dataset.path=x.npz", "dataset.num_classes=10", "dataset.input_shape=[28,28,1]"]
+    if group == "dataset" and option in ("npz", "csv", "image_folder", "tfds"):  # your own data: given here
+        overrides += ["dataset.path=x", "dataset.num_classes=10", "dataset.input_shape=[28,28,1]"]
+    if group == "dataset" and option in ("wine", "breast_cancer", "iris"):  # tables: a vector per example
+        overrides += ["model=mlp"]
     if (group, option) == ("model-style", "sequential"):
         overrides += ["model=seed_cnn"]
     cfg = make_cfg(*overrides)
+    if cfg.dataset.num_classes is None:
+        cfg = data.fill(cfg)  # the bundled tables: classes and shapes from the data
     if group == "model" and option == "resnet_small":
         assert cfg.model.style == "functional"
     graph = config.validate(cfg)

@@ -1,4 +1,10 @@
-"""The data stage: local .npz files, shapes and labels checked against the dataset config."""
+"""The data stage on arrays: shapes and classes read from the data, wrong data refused with one
+message naming the array, what was found and the fix (in-process and through the command line)."""
+
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,8 +15,10 @@ from runner.errors import ConfigError
 
 
 def dataset_cfg(path, **overrides):
-    return OmegaConf.create({"name": "npz", "path": str(path), "num_classes": 3, "input_shape": [4, 4, 1],
-                             "validation_split": 0.25, "limit": None, "seed": 0, **overrides})
+    return OmegaConf.create({"name": "npz", "path": str(path), "test_path": None, "num_classes": None,
+                             "input_shape": None, "validation_split": 0.25, "test_split": 0.2, "limit": None,
+                             "seed": 0, "scale": "auto", "label": "label", "categorical": [], "cache": "none",
+                             "tfds": None, **overrides})
 
 
 def write(path, **arrays):
@@ -28,12 +36,158 @@ def test_npz_in_the_keras_layout_loads_and_gains_a_channel_axis(tmp_path):
     splits = data.load(dataset_cfg(write(tmp_path / "d.npz", **good_arrays())))
     assert splits.train[0].shape == (6, 4, 4, 1) and splits.val[0].shape == (2, 4, 4, 1)
     assert splits.train[0].dtype == np.uint8  # scaled to [0, 1] only per batch, in the pipeline
-    np.testing.assert_array_equal(splits.val[1], [0, 1])  # the last examples, as keras' validation_split
+    assert splits.info.examples == {"train": 6, "validation": 2, "test": 4}
+
+
+def test_inspect_reads_classes_shape_counts_and_digest(tmp_path):
+    info = data.inspect(dataset_cfg(write(tmp_path / "d.npz", **good_arrays())))
+    assert info.num_classes == 3 and info.input_shape == (4, 4, 1)
+    assert sum(info.class_counts["train"]) == 6 and info.class_counts["test"] == [2, 1, 1]
+    assert info.source == str(tmp_path / "d.npz") and len(info.digest) == 64
+    assert set(info.as_dict()) >= {"name", "source", "digest", "num_classes", "input_shape", "examples", "class_counts"}
+
+
+def test_a_changed_file_changes_the_digest(tmp_path):
+    path = write(tmp_path / "d.npz", **good_arrays())
+    before = data.inspect(dataset_cfg(path)).digest
+    arrays = good_arrays()
+    arrays["x_train"][0, 0, 0] ^= 1
+    assert data.inspect(dataset_cfg(write(path, **arrays))).digest != before
+
+
+def test_fill_sets_num_classes_and_input_shape_from_the_data(make_cfg, tmp_path):
+    path = write(tmp_path / "d.npz", **good_arrays(20))
+    cfg = make_cfg("dataset=npz", f"dataset.path={path}", "model=mlp")
+    assert cfg.dataset.num_classes is None
+    filled = data.fill(cfg)
+    assert filled.dataset.num_classes == 3 and list(filled.dataset.input_shape) == [4, 4, 1]
+    assert filled.model.layers[-1].units == 3  # the model's `${dataset.num_classes}` follows
+    assert cfg.dataset.num_classes is None  # a copy
+
+
+def test_inspect_and_fill_do_not_import_tensorflow(tmp_path):
+    path = write(tmp_path / "d.npz", **good_arrays())
+    code = ("import sys; from runner import data; from omegaconf import OmegaConf; "
+            f"data.inspect(OmegaConf.create({dict(dataset_cfg(path))!r})); assert 'tensorflow' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+
+def test_sorted_labels_are_shuffled_before_the_validation_split(tmp_path):
+    arrays = good_arrays(60)
+    arrays["y_train"] = np.sort(np.arange(60) % 3)  # sorted by class: the last 10 % would all be class 2
+    splits = data.load(dataset_cfg(write(tmp_path / "d.npz", **arrays), validation_split=0.2))
+    assert set(splits.val[1].tolist()) == {0, 1, 2}
+    again = data.load(dataset_cfg(tmp_path / "d.npz", validation_split=0.2, seed=7))
+    np.testing.assert_array_equal(again.val[1], splits.val[1])  # fixed: every run validates on the same examples
 
 
 def test_limit_caps_the_training_examples(tmp_path):
     splits = data.load(dataset_cfg(write(tmp_path / "d.npz", **good_arrays()), limit=4))
     assert len(splits.train[0]) + len(splits.val[0]) == 4
+
+
+def test_float_data_follows_an_explicit_scale(tmp_path):
+    arrays = good_arrays()
+    arrays["x_train"], arrays["x_test"] = arrays["x_train"] / 255.0, arrays["x_test"] / 255.0
+    splits = data.load(dataset_cfg(write(tmp_path / "d.npz", **arrays), scale="none"))
+    assert splits.train[0].dtype == np.float32 and splits.train[0].max() <= 1.0
+    arrays["x_train"], arrays["x_test"] = arrays["x_train"] * 255.0, arrays["x_test"] * 255.0
+    splits = data.load(dataset_cfg(write(tmp_path / "d.npz", **arrays), scale=255))
+    assert splits.train[0].dtype == np.float32 and 0.5 < splits.train[0].max() <= 1.0
+
+
+def bad(arrays_change=None, **cfg):
+    def arrays():
+        a = good_arrays(20)
+        if arrays_change:
+            arrays_change(a)
+        return a
+
+    return arrays, cfg
+
+
+def set_(key, value):
+    return lambda a: a.__setitem__(key, value(a) if callable(value) else value)
+
+
+# (wrong data, config overrides) -> the message; each also through the command line (exit status 2).
+WRONG = {
+    "one-hot": (bad(set_("y_train", lambda a: np.eye(3, dtype=np.uint8)[a["y_train"]])),
+                r"dataset: y_train is one-hot encoded \(shape \[20, 3\]\).*Save y_train.argmax\(axis=1\)"),
+    "half": (bad(set_("y_train", lambda a: np.where(np.arange(20) == 5, 0.5, a["y_train"]))),
+             r"dataset: y_train\[5\] is .*0.5.*labels must be whole class indices"),
+    "nan": (bad(set_("y_test", np.array([0.0, np.nan, 1.0, 2.0]))), r"dataset: y_test\[1\] is .*nan"),
+    "unit floats": (bad(set_("x_train", lambda a: a["x_train"] / 255.0)),
+                    r"x_train is float64 with values in \[0, 0.99\d*\], already in \[0, 1\]: set dataset.scale=none"),
+    "wide floats": (bad(set_("x_train", lambda a: a["x_train"] * 4.0 - 300)),
+                    r"outside \[0, 255\], so not pixels: set dataset.scale=none"),
+    "pixel floats": (bad(set_("x_train", lambda a: a["x_train"] * 1.0)), r"set dataset.scale=255 to divide it by 255"),
+    "channels first": (bad(lambda a: a.update(x_train=np.zeros((20, 3, 8, 8), np.uint8),
+                                              x_test=np.zeros((4, 3, 8, 8), np.uint8))),
+                       r"x_train has shape \[20, 3, 8, 8\], channels first.*np.transpose\(x_train, \(0, 2, 3, 1\)\)"),
+    "limit": (bad(limit=500), r"dataset.limit: 500 is more than the 20 training examples"),
+    "num_classes": (bad(num_classes=2),
+                    r"dataset.num_classes: the config says 2, but .* has labels up to 2, so 3 classes"),
+    "input_shape": (bad(input_shape=[16]),
+                    r"dataset.input_shape: the config says \[16\], but .* has examples of shape \[4, 4, 1\]"),
+}
+
+
+@pytest.mark.parametrize("case", WRONG)
+def test_wrong_data_is_refused_before_training(tmp_path, case):
+    (arrays, overrides), message = WRONG[case]
+    path = write(tmp_path / "d.npz", **arrays())
+    with pytest.raises(ConfigError, match=message):
+        data.fill(OmegaConf.create({"seed": 0, "dataset": dataset_cfg(path, **overrides)}))
+
+
+@pytest.mark.parametrize("case", ["one-hot", "nan", "unit floats", "channels first", "limit", "num_classes"])
+def test_cli_wrong_data_exits_2_with_one_line(tmp_path, case):
+    (arrays, overrides), message = WRONG[case]
+    write(tmp_path / "d.npz", **arrays())
+    args = ["dataset=npz", "dataset.path=d.npz", *(f"dataset.{k}={v}" for k, v in overrides.items())]
+    err = cli(args, tmp_path)
+    assert len(err.splitlines()) == 1 and err.startswith("runner: config error: ")
+    assert re.search(message, err), err
+
+
+def cli(args, cwd, status=2):
+    env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == status, proc.stderr
+    return proc.stderr.strip()
+
+
+def test_cli_missing_data_file_is_the_first_error(tmp_path):
+    # model.layers would fail too (units: ${dataset.num_classes} is null without data): the path comes first
+    assert cli(["dataset=npz", "dataset.path=nope.npz"], tmp_path) == \
+        f"runner: config error: dataset.path: no file at '{tmp_path / 'nope.npz'}'."
+    assert cli(["dataset=npz"], tmp_path) == \
+        "runner: config error: dataset.path: dataset 'npz' reads local data; set dataset.path=/path/to/file.npz."
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.loss.class_name=CategoricalCrossentropy"],
+     r"model.loss.class_name: CategoricalCrossentropy expects one-hot labels, but the runner's labels are integer "
+     r"class indices. Use SparseCategoricalCrossentropy"),
+    (["+model.inputs=[{name: a, shape: [8, 8, 1]}, {name: b, shape: [8, 8, 1]}]"],
+     r"model.inputs: the model has 2 inputs, but dataset 'digits' gives one x per example"),
+    (["+model.inputs=[{name: a, shape: [28, 28, 1]}]"],
+     r"model.inputs\[0\].shape: \[28, 28, 1\], but the data's examples have shape \[8, 8, 1\]"),
+    (["model.outputs=[dense, dense_1]"], r"model.outputs: the model has 2 outputs \['dense', 'dense_1'\], but dataset "),
+    (["seed=-1"], r"^seed: -1 is outside \[0, 2\*\*32 - 1\], the seeds NumPy accepts."),
+    (["seed=4294967296"], r"^seed: 4294967296 is outside"),
+    (["dataset.seed=-3"], r"^dataset.seed: -3 is outside"),
+])
+def test_a_model_or_seed_that_does_not_fit_the_data(make_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        data.fill(make_cfg(*overrides))
+
+
+def test_cli_loss_that_does_not_fit_the_labels_exits_2(tmp_path):
+    err = cli(["model.loss.class_name=CategoricalCrossentropy"], tmp_path)
+    assert err.startswith("runner: config error: model.loss.class_name: CategoricalCrossentropy expects one-hot")
 
 
 def test_missing_file(tmp_path):
@@ -45,26 +199,14 @@ def test_file_without_the_four_arrays(tmp_path):
     arrays = good_arrays()
     del arrays["y_test"]
     with pytest.raises(ConfigError, match=r"lacks the arrays \['y_test'\]"):
-        data.load(dataset_cfg(write(tmp_path / "d.npz", **arrays)))
-
-
-def test_labels_outside_num_classes(tmp_path):
-    arrays = good_arrays()
-    arrays["y_train"][0] = 7
-    with pytest.raises(ConfigError, match=r"dataset.num_classes: y_train has labels in \[0, 7\], outside \[0, 3\)"):
-        data.load(dataset_cfg(write(tmp_path / "d.npz", **arrays)))
-
-
-def test_input_shape_that_does_not_fit(tmp_path):
-    with pytest.raises(ConfigError, match=r"dataset.input_shape: \[5, 5, 1\] does not match x_train"):
-        data.load(dataset_cfg(write(tmp_path / "d.npz", **good_arrays()), input_shape=[5, 5, 1]))
+        data.inspect(dataset_cfg(write(tmp_path / "d.npz", **arrays)))
 
 
 def test_pickled_arrays_are_refused(tmp_path):
     arrays = good_arrays()
     arrays["x_train"] = np.array([object()] * 8, dtype=object)
     with pytest.raises(ConfigError, match="cannot read"):
-        data.load(dataset_cfg(write(tmp_path / "d.npz", **arrays)))
+        data.inspect(dataset_cfg(write(tmp_path / "d.npz", **arrays)))
 
 
 def test_train_pipeline_order_depends_only_on_seed_and_epoch():
@@ -77,3 +219,30 @@ def test_train_pipeline_order_depends_only_on_seed_and_epoch():
     assert [b[1].numpy().tolist() for b in resumed] == labels[4:]
     assert labels[0:2] != labels[2:4]  # a new order every epoch
     assert sorted(sum(labels[0:2], [])) == list(range(10))
+
+
+def test_cli_trains_an_npz_given_only_its_path(tmp_path):
+    arrays = good_arrays(40)
+    arrays["x_train"] = np.kron(arrays["x_train"], np.ones((1, 2, 2), np.uint8))  # 8x8: room for seed_cnn's convolutions
+    arrays["x_test"] = np.kron(arrays["x_test"], np.ones((1, 2, 2), np.uint8))
+    write(tmp_path / "d.npz", **arrays)
+    out = subprocess.run([sys.executable, "-m", "runner", "dataset=npz", "dataset.path=d.npz", "loop.epochs=1",
+                          "loop.verbose=0", "mlflow.log_model=false"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "(seed_cnn-functional-npz-adam-fit)" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("style", ["sequential", "functional", "subclass"])
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_an_npz_trains_in_every_style_and_loop_from_its_path_alone(make_cfg, store, tmp_path, style, loop):
+    rng = np.random.default_rng(0)
+    y = np.arange(120) % 2
+    x = (rng.normal(60, 20, (120, 8, 8)) + 120 * y[:, None, None]).clip(0, 255).astype(np.uint8)
+    write(tmp_path / "d.npz", x_train=x[:100], y_train=y[:100], x_test=x[100:], y_test=y[100:])
+    cfg = make_cfg("dataset=npz", "dataset.path=d.npz", f"model-style={style}", f"loop={loop}", "model=mlp",
+                   "loop.epochs=3", "loop.batch_size=8", "loop.verbose=0", f"mlflow.tracking_uri={store}")
+    from runner.train import run
+
+    assert run(cfg, cwd=tmp_path)["test_accuracy"] >= 0.9

@@ -124,6 +124,8 @@ def test_secrets_reach_nowhere_in_the_store(tmp_path):
 
 
 def test_a_failure_while_recording_the_failure_still_ends_the_run_failed(make_cfg, store, tmp_path, monkeypatch):
+    from runner import work
+
     real = MlflowClient.set_tag
 
     def locked(self, run_id, key, value, *args, **kwargs):
@@ -131,11 +133,14 @@ def test_a_failure_while_recording_the_failure_still_ends_the_run_failed(make_cf
             raise mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database is locked")
         return real(self, run_id, key, value, *args, **kwargs)
 
+    def unreadable(*args, **kwargs):
+        raise ConfigError("dataset.path: the file went away")
+
     monkeypatch.setattr(MlflowClient, "set_tag", locked)
     monkeypatch.setattr(record, "RETRY_PAUSE", 0.01)
-    with pytest.raises(ConfigError, match="no file at"):
-        run(make_cfg("dataset=npz", "dataset.path=missing.npz", "dataset.num_classes=10", "dataset.input_shape=[8,8,1]",
-                     f"mlflow.tracking_uri={store}"), cwd=tmp_path)
+    monkeypatch.setattr(work.data, "load", unreadable)
+    with pytest.raises(ConfigError, match="went away"):
+        run(make_cfg(*QUICK, f"mlflow.tracking_uri={store}"), cwd=tmp_path)
     _, found = only_run(store)
     assert found.info.status == "FAILED"
     assert mlflow.active_run() is None  # nothing left active for the next job of this process
