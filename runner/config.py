@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import keras_api
+from runner import callbacks, keras_api, schedules
 from runner.errors import ConfigError
 from runner.graph import STYLES, Graph
 from runner.keras_api import class_args
@@ -88,6 +88,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     optimizer: Dict[str, Any] = field(default_factory=dict)  # {class_name: <keras.optimizers class>, **its arguments}
+    # {any name: {class_name: <keras.callbacks class>, **its arguments}}: the callbacks group, any number of them
+    callbacks: Dict[str, Any] = field(default_factory=dict)
     loop: LoopConfig = field(default_factory=LoopConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -127,6 +129,7 @@ def validate(cfg: DictConfig) -> Graph:
     if cfg.dataset.limit is not None and cfg.dataset.limit < 2:
         raise ConfigError(f"dataset.limit: must be at least 2 (or null for all), got {cfg.dataset.limit}.")
     class_args("optimizers", "optimizer", cfg.optimizer)
+    callbacks.validate(cfg.callbacks, schedules.validate(cfg.optimizer))
     class_args("losses", "model.loss", cfg.model.loss)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     graph = Graph.parse(

@@ -11,14 +11,18 @@ import math
 import keras
 import tensorflow as tf
 
-from runner import step
+from runner import schedules, step
 from runner.keras_api import class_args
 from runner.errors import TrainingDiverged
 
 
-def compile_model(model, optimizer_cfg, loss_cfg, jit_compile):
-    """Compile with the configured optimizer and loss (both through Keras' own deserialisation)."""
+def compile_model(model, optimizer_cfg, loss_cfg, jit_compile, total_steps=None):
+    """Compile with the configured optimizer and loss (both through Keras' own deserialisation); a
+    learning-rate schedule's `auto` steps resolve to `total_steps` (1 when unknown: a preflight build)."""
     optimizer, optimizer_kwargs = class_args("optimizers", "optimizer", optimizer_cfg)
+    schedule = schedules.spec(optimizer_kwargs)
+    if schedule is not None:
+        optimizer_kwargs["learning_rate"] = schedules.build(schedule, total_steps or 1)
     loss, loss_kwargs = class_args("losses", "model.loss", loss_cfg)
     model.compile(
         optimizer=keras.optimizers.get({"class_name": optimizer, "config": optimizer_kwargs}),

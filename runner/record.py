@@ -40,6 +40,7 @@ class Tag:
     SWEEP_ID = "runner.sweep_id"  # a sweep's unique id, on its parent and on every job
     VARYING = "runner.varying"  # the keys a sweep varies (on the parent)
     SKIPPED = "runner.skipped"  # a sweep point skipped as done: the run that did it
+    TEST_WEIGHTS = "runner.test_weights"  # which epoch's weights the test metrics (and the model) come from
     OVERRIDES = "overrides"
     RESUMED_WITH = "resumed_with"
     ERROR = "error"

@@ -1,0 +1,147 @@
+"""What people edit in an experiment: callbacks, schedules, class weights, regularisation, their own step."""
+
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from runner import config
+from runner.errors import ConfigError
+from runner.train import run
+
+QUICK = ["dataset.limit=300", "loop.verbose=0", "mlflow.log_model=false"]
+
+
+def only_run(store):
+    client = MlflowClient(store)
+    (found,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    return client, found
+
+
+def per_epoch(client, found, key):
+    return [m.value for m in sorted(client.get_metric_history(found.info.run_id, key), key=lambda m: m.step)]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["callbacks=early_stopping", "+callbacks.early_stopping.patiense=2"],
+     r"callbacks.early_stopping: unknown argument 'patiense' for keras.callbacks.EarlyStopping. Did you mean 'patience'\?"),
+    (["+callbacks.stop={class_name: EarlyStoping}"],
+     r"callbacks.stop: unknown type 'EarlyStoping': not a class in keras.callbacks. Did you mean 'EarlyStopping'\?"),
+    (["+callbacks.log={class_name: LambdaCallback}"], r"keras.callbacks.LambdaCallback is not allowed here: it runs"),
+    (["callbacks=early_stopping", "callbacks.early_stopping.monitor=val_auc"],
+     r"callbacks.early_stopping.monitor: 'val_auc' is not a metric this run logs per epoch; choose one of "),
+    (["callbacks=early_stopping", "callbacks.early_stopping.monitor=val_accuracy", "+callbacks.early_stopping.mode=min"],
+     r"callbacks.early_stopping.mode: 'min' would keep the worst val_accuracy; .* use mode: max"),
+    (["callbacks=reduce_lr_on_plateau", "optimizer.learning_rate={class_name: CosineDecay, initial_learning_rate: 0.01,"
+      " decay_steps: auto}"],
+     r"callbacks.reduce_lr_on_plateau: ReduceLROnPlateau cannot change a learning rate that optimizer.learning_rate's "
+     r"CosineDecay computes"),
+    (["callbacks=best_checkpoint", "+callbacks.best_checkpoint.filepath=/tmp/x.h5"], r"remove `filepath`"),
+    (["optimizer.learning_rate={class_name: CosineDecai, initial_learning_rate: 0.01, decay_steps: auto}"],
+     r"optimizer.learning_rate: unknown type 'CosineDecai': not a class in keras.optimizers.schedules. Did you mean"),
+    (["optimizer.learning_rate={class_name: CosineDecay, initial_learning_rate: 0.01, decay_steps: soon}"],
+     r"optimizer.learning_rate.decay_steps: expected an integer, `auto` .* got 'soon'"),
+])
+def test_misuse_is_refused_with_a_message(make_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config.validate(make_cfg(*overrides))
+
+
+def test_misuse_is_found_before_tensorflow_is_imported(tmp_path):
+    code = (
+        "import sys\nfrom hydra import compose, initialize_config_module\nfrom runner import config\n"
+        "with initialize_config_module(config_module='runner.conf', version_base='1.3'):\n"
+        "    cfg = compose(config_name='config', overrides=['callbacks=early_stopping',"
+        " 'callbacks.early_stopping.monitor=val_auc'])\n"
+        "try:\n    config.validate(cfg)\nexcept config.ConfigError as e:\n    print(e)\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "'val_auc' is not a metric" in out and out.strip().endswith("False")
+
+
+def test_the_groups_compose_together(make_cfg):
+    cfg = make_cfg("callbacks=[early_stopping,reduce_lr_on_plateau,best_checkpoint]", "callbacks.early_stopping.patience=3")
+    config.validate(cfg)
+    assert list(cfg.callbacks) == ["early_stopping", "reduce_lr_on_plateau", "best_checkpoint"]
+    assert cfg.callbacks.early_stopping.patience == 3
+
+
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_early_stopping_stops_records_and_tests_the_restored_epoch(make_cfg, store, tmp_path, loop):
+    # An SGD this slow on 270 examples soon stops improving val_loss by min_delta.
+    cfg = make_cfg(f"loop={loop}", "callbacks=early_stopping", "callbacks.early_stopping.patience=1",
+                   "+callbacks.early_stopping.min_delta=0.05", "loop.epochs=50", *QUICK, f"mlflow.tracking_uri={store}")
+    results = run(cfg, cwd=tmp_path)
+    client, found = only_run(store)
+    metrics = found.data.metrics
+    epochs = len(per_epoch(client, found, "loss"))
+    assert 2 <= epochs < 50 and metrics["stopped_epoch"] == epochs
+    restored = int(metrics["restored_epoch"])
+    best = 0  # Keras' rule: an epoch is better only by more than min_delta
+    for epoch, value in enumerate(per_epoch(client, found, "val_loss")):
+        if value < per_epoch(client, found, "val_loss")[best] - 0.05:
+            best = epoch
+    assert restored == best + 1
+    assert found.data.tags["runner.test_weights"].startswith(f"epoch {restored}, the best val_loss (early_stopping")
+    assert results["test_loss"] == metrics["test_loss"]
+
+
+def test_best_weights_are_restored_even_when_patience_never_ran_out(make_cfg):
+    from runner.train import prepare
+
+    cfg = make_cfg("callbacks=early_stopping", "callbacks.early_stopping.patience=100",
+                   "callbacks.early_stopping.monitor=val_accuracy", "optimizer.learning_rate=0.05", "loop.epochs=4", *QUICK)
+    work = prepare(cfg, config.validate(cfg))
+    seen = []
+
+    import keras
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((logs["val_accuracy"], [w.copy() for w in self.model.get_weights()]))
+
+    results = work.train(callbacks=[Spy()])
+    assert results["stopped_epoch"] == 0  # ran every epoch
+    best = max(range(4), key=lambda e: (seen[e][0], -e))  # Keras keeps the first of equals
+    assert results["restored_epoch"] == best + 1
+    for restored, kept in zip(work.model.get_weights(), seen[best][1]):
+        assert (restored == kept).all()
+    assert work.test_weights.startswith(f"epoch {best + 1}, the best val_accuracy")
+
+
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_the_logged_learning_rate_follows_cosine_decay(make_cfg, store, tmp_path, loop):
+    cfg = make_cfg(f"loop={loop}", "loop.epochs=4", "dataset.limit=320",
+                   "optimizer.learning_rate={class_name: CosineDecay, initial_learning_rate: 0.01, decay_steps: auto}",
+                   "loop.verbose=0", "mlflow.log_model=false", f"mlflow.tracking_uri={store}")
+    run(cfg, cwd=tmp_path)
+    client, found = only_run(store)
+    import math
+
+    rates = per_epoch(client, found, "learning_rate")
+    total = 4 * 9  # 288 training examples: 9 batches of 32 per epoch
+    expected = [0.01 * 0.5 * (1 + math.cos(math.pi * (9 * e - 1) / total)) for e in range(1, 5)]
+    assert rates == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert rates[0] > rates[1] > rates[2] > rates[3]
+
+
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_reduce_lr_on_plateau_lowers_the_logged_rate(make_cfg, store, tmp_path, loop):
+    cfg = make_cfg(f"loop={loop}", "callbacks=reduce_lr_on_plateau", "callbacks.reduce_lr_on_plateau.patience=1",
+                   "+callbacks.reduce_lr_on_plateau.min_delta=10.0", "loop.epochs=3", *QUICK, f"mlflow.tracking_uri={store}")
+    run(cfg, cwd=tmp_path)
+    client, found = only_run(store)
+    # min_delta 10: no epoch counts as better, so every epoch after the first halves the rate.
+    assert per_epoch(client, found, "learning_rate") == pytest.approx([1e-3, 1e-3, 5e-4])
+
+
+def test_best_checkpoint_restores_the_best_epoch(make_cfg, store, tmp_path):
+    cfg = make_cfg("callbacks=best_checkpoint", "loop.epochs=3", "optimizer.learning_rate=0.05", *QUICK,
+                   f"mlflow.tracking_uri={store}")
+    run(cfg, cwd=tmp_path)
+    client, found = only_run(store)
+    accuracies = per_epoch(client, found, "val_accuracy")
+    assert found.data.metrics["restored_epoch"] == 1 + accuracies.index(max(accuracies))
+    assert "(best_checkpoint restored them)" in found.data.tags["runner.test_weights"]
