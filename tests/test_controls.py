@@ -145,3 +145,55 @@ def test_best_checkpoint_restores_the_best_epoch(make_cfg, store, tmp_path):
     accuracies = per_epoch(client, found, "val_accuracy")
     assert found.data.metrics["restored_epoch"] == 1 + accuracies.index(max(accuracies))
     assert "(best_checkpoint restored them)" in found.data.tags["runner.test_weights"]
+
+
+def wait_for_epoch(cwd, proc, epoch, timeout=180):
+    import json
+    import time
+    from pathlib import Path
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for manifest in Path(cwd).glob("outputs/*/*/run-*/checkpoints/state.json"):
+            try:
+                if json.loads(manifest.read_text())["epoch"] >= epoch:
+                    return
+            except ValueError:
+                pass
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    raise AssertionError(f"no checkpoint of epoch {epoch} appeared")
+
+
+RESUMABLE = ["callbacks=[early_stopping,reduce_lr_on_plateau]", "callbacks.early_stopping.patience=3",
+             "+callbacks.early_stopping.min_delta=0.02", "callbacks.reduce_lr_on_plateau.patience=1",
+             "+callbacks.reduce_lr_on_plateau.min_delta=0.05", "loop.epochs=12", "loop.verbose=0", "mlflow.log_model=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_kill_after_epoch_2_and_resume_equals_the_uninterrupted_run_with_callbacks(tmp_path, loop):
+    from test_failures import runs, start
+
+    args = [*RESUMABLE, f"loop={loop}"]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    assert start(args, tmp_path / "a").wait(timeout=600) == 0
+    killed = start(args, tmp_path / "b")
+    wait_for_epoch(tmp_path / "b", killed, 2)
+    killed.kill()
+    assert killed.wait() == -9
+    uri = f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
+    _, (left,) = runs(uri)
+    resumed = start([f"resume={left.info.run_id}"], tmp_path / "b")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    client, (found,) = runs(uri)
+    reference_client, (reference,) = runs(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}")
+    for key in ("loss", "val_loss", "learning_rate"):
+        got = per_epoch(client, found, key)
+        want = per_epoch(reference_client, reference, key)
+        assert [round(v, 5) for v in got] == [round(v, 5) for v in want], key
+    lr = per_epoch(reference_client, reference, "learning_rate")
+    assert min(lr) < lr[0]  # the plateau callback acted, so its state mattered
+    for key in ("stopped_epoch", "restored_epoch", "test_loss"):
+        assert round(found.data.metrics[key], 5) == round(reference.data.metrics[key], 5), key
