@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import callbacks, keras_api, schedules
+from runner import callbacks, class_weights, keras_api, schedules
 from runner.errors import ConfigError
 from runner.graph import STYLES, Graph
 from runner.keras_api import class_args
@@ -51,6 +51,7 @@ class DatasetConfig:
     validation_split: float = 0.1  # the last 10 % of the training examples
     limit: Optional[int] = None  # keep only the first N training examples (quick runs)
     seed: int = "${seed}"  # shuffling order
+    class_weight: Any = None  # `auto` (balanced from the training labels) or {label: weight}; runner/class_weights.py
 
 
 @dataclass
@@ -130,6 +131,7 @@ def validate(cfg: DictConfig) -> Graph:
         raise ConfigError(f"dataset.limit: must be at least 2 (or null for all), got {cfg.dataset.limit}.")
     class_args("optimizers", "optimizer", cfg.optimizer)
     callbacks.validate(cfg.callbacks, schedules.validate(cfg.optimizer))
+    class_weights.validate(cfg.dataset)
     class_args("losses", "model.loss", cfg.model.loss)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     graph = Graph.parse(

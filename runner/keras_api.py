@@ -195,7 +195,10 @@ def check(kind, class_name, kwargs, where):
             hint = did_you_mean(arg, entry["args"])
             raise ConfigError(f"{where}: unknown argument {arg!r} for keras.{module}.{name}.{hint}")
     for arg, value in kwargs.items():
-        expected = _expected_type(entry["args"][arg], value)
+        default = entry["args"][arg]
+        if kind not in ("layers", "optimizers", "losses") and type(default) is int and isinstance(value, float):
+            default = float(default)  # MaxNorm(max_value=2), decay_rate=1: Keras' int defaults of real numbers
+        expected = _expected_type(default, value)
         if expected:
             raise ConfigError(
                 f"{where}: argument {arg!r} of keras.{module}.{name} expects {expected} "
@@ -222,7 +225,7 @@ def check_object(kind, value, where):
     if not isinstance(value, str) or _plain_name(value) not in {_plain_name(c) for c in classes}:
         hint = did_you_mean(str(value), classes)
         raise ConfigError(
-            f"{where}: unknown {kind[:-1]} {value!r}: name a class in keras.{module} (or its snake_case name, "
+            f"{where}: unknown {kind[:-1]} {value!r}: name a class in keras.{kind} (or its snake_case name, "
             f"as `he_normal`), or write {{class_name: ..., **arguments}}.{hint}"
         )
     return value

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from runner import callbacks as controls, checkpoints, data, loops, models, tracking
+from runner import callbacks as controls, checkpoints, class_weights, data, loops, models, tracking
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Work:
     history: list = field(default_factory=list)  # logs of the epochs done before (resume)
     resumed: dict = field(default_factory=dict)  # the checkpoint manifest a resumed run continues from
     test_weights: str = None  # which weights the test metrics come from, once trained
+    class_weight: dict = None  # {label: weight} for the loss, both loops
 
     @classmethod
     def prepare(cls, cfg, graph, strategy=None, resume_from=None, run_id=None):
@@ -47,7 +48,8 @@ class Work:
             with strategy.scope():
                 model = build_model(cfg, graph, total_steps=train[1] * cfg.loop.epochs)
         val, test = data.pipeline(*splits.val, batch), data.pipeline(*splits.test, batch)
-        return cls(cfg, model, train, val, test, run_id, history, state)
+        weights = class_weights.resolve(cfg.dataset.class_weight, splits.train[1], cfg.dataset.num_classes)
+        return cls(cfg, model, train, val, test, run_id, history, state, class_weight=weights)
 
     def train(self, checkpoint_dir=None, callbacks=()):
         """Train the remaining epochs with the run's callbacks; return the test metrics.
@@ -70,7 +72,7 @@ class Work:
         all_callbacks = [loops.NonFiniteGuard(), controls.learning_rate_logger(), *configured.values(),
                          *configured_state, *recorded, *callbacks]
         results = loops.train(self.model, self.train_data, self.val_data, self.test_data, self.cfg.loop, all_callbacks,
-                              initial_epoch=first_epoch)
+                              initial_epoch=first_epoch, class_weight=self.class_weight)
         if checkpoint_dir is not None:
             self.history = checkpoint.history
         done = len(self.history) if checkpoint_dir is not None else None
