@@ -69,7 +69,7 @@ def custom(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0, class
         metrics = step.metrics()
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-    steps_fns = step.make_steps(model, model.loss, model.optimizer, metrics, class_weight)
+    steps_fns = step.make_steps(model, model.loss, model.optimizer, metrics, class_weight, cfg)
     train_step, test_step = (_on_replicas(strategy, f) for f in steps_fns)
     if not cfg.eager:
         jit = model.jit_compile  # compile() resolved "auto"

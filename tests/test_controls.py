@@ -256,3 +256,77 @@ def test_class_weights_change_what_is_learned(make_cfg):
         cfg = make_cfg("loop=custom", f"+dataset.class_weight={weights}", "loop.epochs=1", *QUICK)
         losses[weights] = prepare(cfg, config.validate(cfg)).train()["test_loss"]
     assert losses["null"] != pytest.approx(losses["{0: 20.0}"], rel=1e-3)
+
+
+EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "steps"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["loop=custom", "loop.step=my_steps.make_train_step"],
+     r"loop.step: 'my_steps.make_train_step' runs your code from module 'my_steps', so the loop must allow it by "
+     r"name: loop.step_modules=\[my_steps\]"),
+    (["loop.step=my_steps.make_train_step", "loop.step_modules=[my_steps]"],
+     r"loop.step: sets the training step of loop=custom; add `loop=custom`"),
+    (["loop=custom", "loop.step=nowhere_steps.make", "loop.step_modules=[nowhere_steps]"],
+     r"loop.step: no module 'nowhere_steps' on the Python path"),
+    (["loop.accumulate_steps=4"], r"loop.accumulate_steps: sets the training step of loop=custom"),
+])
+def test_step_misuse_is_refused_before_tensorflow(make_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config.validate(make_cfg(*overrides))
+
+
+def test_a_step_with_the_wrong_signature_is_refused_before_training(make_cfg, tmp_path, monkeypatch):
+    from runner.train import prepare
+
+    (tmp_path / "bad_steps.py").write_text("def make(model, loss):\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = make_cfg("loop=custom", "loop.step=bad_steps.make", "loop.step_modules=[bad_steps]", *QUICK)
+    work = prepare(cfg, config.validate(cfg))
+    with pytest.raises(ConfigError, match=r"loop.step: bad_steps.make\(model, loss\) must take \('model', 'loss_fn', "):
+        work.train()
+    cfg = make_cfg("loop=custom", "loop.step=bad_steps.missing", "loop.step_modules=[bad_steps]", *QUICK)
+    with pytest.raises(ConfigError, match=r"loop.step: module 'bad_steps' has no function 'missing'"):
+        prepare(cfg, config.validate(cfg)).train()
+
+
+def test_gradient_accumulation_matches_the_big_batch(make_cfg):
+    from runner.train import prepare
+
+    # 1152 training examples: 9 batches of 128, or 36 of 32 in groups of 4 holding the same examples
+    # (each epoch's order depends on the seed only), so the same mean gradients reach Adam.
+    common = ["loop=custom", "dataset.limit=1280", "loop.epochs=2", "loop.verbose=0"]
+    logged = {}
+    for name, overrides in (("big", ["loop.batch_size=128"]), ("accumulated", ["loop.batch_size=32", "loop.accumulate_steps=4"])):
+        cfg = make_cfg(*common, *overrides)
+        work = prepare(cfg, config.validate(cfg))
+        seen = []
+
+        import keras
+
+        class Spy(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                seen.append((logs["loss"], logs["val_loss"], int(self.model.optimizer.iterations.numpy())))
+
+        logged[name] = (work.train(callbacks=[Spy()]), seen)
+    (big, big_epochs), (acc, acc_epochs) = logged["big"], logged["accumulated"]
+    assert [e[2] for e in big_epochs] == [e[2] for e in acc_epochs] == [9, 18]  # optimizer steps, not batches
+    # Stated tolerance: 1e-4 relative (float32 sums in another order; seen agreeing to ~1e-6).
+    for (b_loss, b_val, _), (a_loss, a_val, _) in zip(big_epochs, acc_epochs):
+        assert a_loss == pytest.approx(b_loss, rel=1e-4) and a_val == pytest.approx(b_val, rel=1e-4)
+    assert acc["test_loss"] == pytest.approx(big["test_loss"], rel=1e-4)
+
+
+def test_a_user_step_module_outside_the_package_trains_through_loop_step(make_cfg, store, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    plain = make_cfg("loop=custom", "loop.epochs=2", *QUICK, f"mlflow.tracking_uri={store}", "mlflow.experiment_name=plain")
+    run(plain, cwd=tmp_path)
+    cfg = make_cfg("loop=custom", "loop.step=consistency.make_train_step", "loop.step_modules=[consistency]",
+                   "loop.epochs=2", *QUICK, f"mlflow.tracking_uri={store}")
+    results = run(cfg, cwd=tmp_path)
+    client, found = only_run(store)
+    assert found.info.status == "FINISHED" and found.data.params["loop.step"] == "consistency.make_train_step"
+    assert results["test_accuracy"] > 0.3  # it learned (chance is 0.1)
+    (plain_run,) = client.search_runs([client.get_experiment_by_name("plain").experiment_id])
+    # The second loss term is in the training loss, so the two runs differ from the first step on.
+    assert abs(per_epoch(client, found, "loss")[0] - per_epoch(client, plain_run, "loss")[0]) > 1e-5
