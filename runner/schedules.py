@@ -43,13 +43,14 @@ def build(section, total_steps):
     """The Keras schedule object for `section`, its step counts resolved against `total_steps`."""
     import keras
 
-    name, kwargs = class_args("schedules", "optimizer.learning_rate", section)
+    kwargs = dict(section)
     warmup = _steps(kwargs.get("warmup_steps", 0), total_steps, 0, "optimizer.learning_rate.warmup_steps")
     if "warmup_steps" in kwargs:
         kwargs["warmup_steps"] = warmup
     for arg in ("decay_steps", "first_decay_steps"):
         if arg in kwargs:
             kwargs[arg] = _steps(kwargs[arg], total_steps, warmup, f"optimizer.learning_rate.{arg}")
+    name, kwargs = class_args("schedules", "optimizer.learning_rate", kwargs)
     return getattr(keras.optimizers.schedules, name)(**kwargs)
 
 

@@ -330,3 +330,29 @@ def test_a_user_step_module_outside_the_package_trains_through_loop_step(make_cf
     (plain_run,) = client.search_runs([client.get_experiment_by_name("plain").experiment_id])
     # The second loss term is in the training loss, so the two runs differ from the first step on.
     assert abs(per_epoch(client, found, "loss")[0] - per_epoch(client, plain_run, "loss")[0]) > 1e-5
+
+
+def test_seed_cifar100_trains_on_generated_100_class_images(make_cfg, store, tmp_path):
+    # No CIFAR-100 is reachable offline: random 32x32x3 uint8 images with 100 classes check the wiring
+    # (shapes, the 100-wide output, the schedule, early stopping), not the accuracy.
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.integers(0, 256, (400, 32, 32, 3), dtype=np.uint8), "y_train": rng.integers(0, 100, (400, 1)),
+              "x_test": rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8), "y_test": rng.integers(0, 100, (100, 1))}
+    np.savez(tmp_path / "cifar100.npz", **arrays)
+    cfg = make_cfg("experiment=seed_cifar100", f"dataset.path={tmp_path / 'cifar100.npz'}", "loop.epochs=2",
+                   "loop.verbose=0", "mlflow.log_model=false", f"mlflow.tracking_uri={store}")
+    assert cfg.model.layers[-1].units == 100
+    run(cfg, cwd=tmp_path)
+    client, found = only_run(store)
+    rates = per_epoch(client, found, "learning_rate")
+    assert len(rates) == 2 and rates[1] < rates[0] and "stopped_epoch" in found.data.metrics
+
+
+def test_seed_mnist_fast_composes_as_the_issue_states(make_cfg):
+    cfg = make_cfg("experiment=seed_mnist_fast", "dataset.path=x.npz")
+    config.validate(cfg)
+    assert (cfg.loop.batch_size, cfg.loop.epochs, cfg.loop.precision) == (256, 1, "mixed_bfloat16")
+    assert cfg.optimizer.learning_rate.warmup_target == 3e-3 and cfg.optimizer.learning_rate.warmup_steps == "10%"
+    assert cfg.model.layers == make_cfg().model.layers  # seed_cnn unchanged
