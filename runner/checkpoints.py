@@ -2,8 +2,11 @@
 
 A checkpoint is the model with its optimizer state (`epoch-NNNN/`, Keras' own
 format, unzipped) and one manifest (`state.json`) written last: the run it
-belongs to, the epoch, the model file, the epoch history and the random
-layers' generator states (Keras does not save them). The manifest is fsynced
+belongs to, the epoch, the model directory, the epoch history, the random
+layers' generator states (Keras does not save them) and the configured
+callbacks' state (EarlyStopping's wait and best, ReduceLROnPlateau's wait,
+cooldown and rate, the best checkpoint's best value; EarlyStopping's best
+weights in `best-<name>.npz`), with the optimizer's step and learning rate. The manifest is fsynced
 and renamed into place, so a kill at any moment leaves the previous complete
 checkpoint: the model and the history of one epoch are committed together.
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from runner import callbacks
 from runner.errors import ConfigError
 
 STATE = "state.json"
@@ -29,10 +33,12 @@ allowed_modules = contextvars.ContextVar("allowed_modules", default=())
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves the model and then the manifest in `directory` after every epoch (before MLflow logs it)."""
 
-    def __init__(self, directory, run_id, history=()):
+    def __init__(self, directory, run_id, history=(), configured=None):
         super().__init__()
         self.directory, self.run_id = Path(directory), run_id
         self.history = list(history)  # one dict of logs per completed epoch
+        self.configured = configured or {}  # {name: keras callback} of the callbacks group
+        self.saved_best = {}  # name -> the best epoch whose weights are on disk
 
     def on_epoch_end(self, epoch, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -41,13 +47,44 @@ class EpochCheckpoint(keras.callbacks.Callback):
         # Keras' unzipped format: the weights and optimizer slots go straight into an .h5 file on
         # disk, where the zipped .keras first buffers the whole weights file in memory.
         _atomic(self.directory / name, lambda p: self.model.save(p, zipped=False))
+        optimizer = self.model.optimizer
         state = {"run_id": self.run_id, "epoch": len(self.history), "model": name, "history": self.history,
-                 "seed_generators": [s.tolist() for s in seed_states(self.model)]}
+                 "seed_generators": [s.tolist() for s in seed_states(self.model)],
+                 "callbacks": callbacks.state(self.configured), "best_weights": self._best_weights(),
+                 "iterations": int(optimizer.iterations.numpy()),
+                 "learning_rate": callbacks.current_learning_rate(optimizer)}
         _atomic(self.directory / STATE, lambda p: Path(p).write_text(json.dumps(state)))
         _fsync(self.directory)
         for old in self.directory.glob("epoch-*"):  # only after the manifest names the new one
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+    def _best_weights(self):
+        """EarlyStopping's in-memory best weights, written (once per new best) beside the model."""
+        files = {}
+        for name, cb in self.configured.items():
+            if getattr(cb, "best_weights", None) is None:
+                continue
+            files[name] = f"best-{name}.npz"
+            if self.saved_best.get(name) != cb.best_epoch:
+                _atomic(self.directory / files[name], lambda p, w=cb.best_weights: _savez(p, w))
+                self.saved_best[name] = cb.best_epoch
+        return files
+
+
+def _savez(path, arrays):
+    with open(path, "wb") as f:
+        np.savez(f, *arrays)
+
+
+def best_weights(directory, state):
+    """{callback name: its saved best weights} named by a manifest."""
+    out = {}
+    for name, file in (state.get("best_weights") or {}).items():
+        with np.load(Path(directory) / file, allow_pickle=False) as npz:
+            out[name] = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+    return out
 
 
 def _atomic(path, write):
@@ -57,6 +94,8 @@ def _atomic(path, write):
     write(tmp)
     for file in [tmp] if tmp.is_file() else [*tmp.rglob("*"), tmp]:
         _fsync(file)
+    if path.is_dir():  # an epoch saved before a kill, which no manifest names: the resumed run redoes it
+        shutil.rmtree(path)
     os.replace(tmp, path)
 
 
@@ -69,7 +108,7 @@ def _fsync(path):
 
 
 def load(directory, run_id, custom_layers=()):
-    """(model with optimizer state, history) of the last complete epoch in `directory`, checked to
+    """(model with optimizer state, manifest) of the last complete epoch in `directory`, checked to
     belong to `run_id`. Loaded in Keras' safe mode, with the run's own custom layer modules imported
     first and no other module allowed."""
     directory = Path(directory)
@@ -89,9 +128,15 @@ def load(directory, run_id, custom_layers=()):
         model = keras.saving.load_model(directory / state["model"], safe_mode=True)
     finally:
         allowed_modules.reset(token)
-    for generator, value in zip(seed_generators(model), state["seed_generators"]):
+    generators = seed_generators(model)
+    if len(generators) != len(state["seed_generators"]):
+        raise ConfigError(
+            f"resume: the checkpoint in {directory} saved {len(state['seed_generators'])} random generator states, "
+            f"but the model has {len(generators)}; it was not saved by this model."
+        )
+    for generator, value in zip(generators, state["seed_generators"]):
         generator.state.assign(np.asarray(value, dtype=generator.state.dtype))
-    return model, state["history"]
+    return model, state
 
 
 def seed_generators(model):

@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import keras_api
+from runner import callbacks, class_weights, keras_api, schedules
 from runner.errors import ConfigError
 from runner.graph import STYLES, Graph
 from runner.keras_api import class_args
@@ -60,6 +60,7 @@ class DatasetConfig:
     categorical: List[str] = field(default_factory=list)  # csv: columns of numbers that are categories
     cache: str = "none"  # image_folder: none (decode per batch) | memory | disk (~/.cache/runner)
     tfds: Optional[str] = None  # tfds: a TensorFlow Datasets name ("mnist", "mnist:3.0.1"); path is its data_dir
+    class_weight: Any = None  # `auto` (balanced from the training labels) or {label: weight}; runner/class_weights.py
 
 
 @dataclass
@@ -74,6 +75,11 @@ class LoopConfig:
     deterministic: bool = False  # TF op determinism: bit-exact reruns on GPUs, at some speed
     eager: bool = False  # loop=custom: run the step eagerly (no tf.function), to step through it in a debugger
     log_every_n_steps: Optional[int] = None  # also log the batch loss to MLflow every N steps
+    # loop=custom: your own training step, `module.function` (see runner/step.py for the contract), from a
+    # module listed in step_modules: the same explicit opt-in as model.custom_layers
+    step: Optional[str] = None
+    step_modules: List[str] = field(default_factory=list)
+    accumulate_steps: int = 1  # loop=custom: apply the mean gradient of N batches (an N times larger batch)
 
 
 @dataclass
@@ -97,6 +103,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     optimizer: Dict[str, Any] = field(default_factory=dict)  # {class_name: <keras.optimizers class>, **its arguments}
+    # {any name: {class_name: <keras.callbacks class>, **its arguments}}: the callbacks group, any number of them
+    callbacks: Dict[str, Any] = field(default_factory=dict)
     loop: LoopConfig = field(default_factory=LoopConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -137,6 +145,9 @@ def validate(cfg: DictConfig) -> Graph:
     if cfg.dataset.limit is not None and cfg.dataset.limit < 2:
         raise ConfigError(f"dataset.limit: must be at least 2 (or null for all), got {cfg.dataset.limit}.")
     class_args("optimizers", "optimizer", cfg.optimizer)
+    callbacks.validate(cfg.callbacks, schedules.validate(cfg.optimizer))
+    class_weights.validate(cfg.dataset)
+    step_check(cfg.loop)
     class_args("losses", "model.loss", cfg.model.loss)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     graph = Graph.parse(
@@ -148,6 +159,29 @@ def validate(cfg: DictConfig) -> Graph:
         if problem:
             raise ConfigError(problem)
     return graph
+
+
+def step_check(loop):
+    """loop.step and loop.accumulate_steps: only with loop=custom, the step's module opted in by name."""
+    if loop.accumulate_steps < 1:
+        raise ConfigError(f"loop.accumulate_steps: must be a positive integer, got {loop.accumulate_steps}.")
+    for key, used in (("loop.step", loop.step is not None), ("loop.accumulate_steps", loop.accumulate_steps > 1)):
+        if used and loop.name != "custom":
+            raise ConfigError(f"{key}: sets the training step of loop=custom; add `loop=custom`.")
+    if loop.step is None:
+        return
+    if loop.accumulate_steps > 1:
+        raise ConfigError("loop.accumulate_steps: the runner's own step accumulates; with loop.step, your step "
+                          "decides how it applies gradients. Use one of them.")
+    module, _, function = loop.step.rpartition(".")
+    if not module or not function:
+        raise ConfigError(f"loop.step: expected `module.function`, got {loop.step!r}.")
+    if module not in loop.step_modules:
+        raise ConfigError(f"loop.step: {loop.step!r} runs your code from module {module!r}, so the loop must allow it "
+                          f"by name: loop.step_modules=[{module}].")
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"loop.step: no module {module!r} on the Python path (sys.path); run from its folder or "
+                          "install it.")
 
 
 def _check_head(graph, loss, num_classes):

@@ -42,6 +42,29 @@ EXCLUDED_OPTIMIZERS = {
     "OptimizerMap": "it wraps optimizer objects",
 }
 EXCLUDED_LOSSES = {"Loss": "it is the abstract base class"}
+# The runner drives these itself, or they run code, reach the network or write outside the record.
+EXCLUDED_CALLBACKS = {
+    "Callback": "it is the abstract base class",
+    "CallbackList": "the loops make it",
+    "History": "every run has one",
+    "ProgbarLogger": "loop.verbose controls it",
+    "LambdaCallback": "it runs arbitrary Python code",
+    "LearningRateScheduler": "it takes a Python function; use a schedule in optimizer.learning_rate",
+    "RemoteMonitor": "it sends the logs over the network; MLflow records them",
+    "BackupAndRestore": "every run checkpoints each epoch; resume=<run id> continues it",
+    "OrbaxCheckpoint": "every run checkpoints each epoch",
+    "TensorBoard": "MLflow records the metrics",
+    "CSVLogger": "MLflow records the same metrics",
+}
+EXCLUDED = {"layers": EXCLUDED_LAYERS, "optimizers": EXCLUDED_OPTIMIZERS, "losses": EXCLUDED_LOSSES,
+            "callbacks": EXCLUDED_CALLBACKS,
+            "schedules": {"LearningRateSchedule": "it is the abstract base class"},
+            "regularizers": {"Regularizer": "it is the abstract base class"},
+            "initializers": {"Initializer": "it is the abstract base class"},
+            "constraints": {"Constraint": "it is the abstract base class"}}
+MODULES = {"schedules": "optimizers.schedules"}  # where a kind's classes live under `keras.`
+# Layer arguments that take a Keras object of another kind, by their name's ending.
+NESTED_KINDS = {"_regularizer": "regularizers", "_initializer": "initializers", "_constraint": "constraints"}
 
 
 def _cache_path(keras_version):
@@ -128,7 +151,19 @@ def generate():
     losses = {
         name: _entry(cls) for name, cls in public(keras.losses, keras.losses.Loss, EXCLUDED_LOSSES).items()
     }
-    return {"keras": keras.__version__, "layers": layers, "optimizers": optimizers, "losses": losses}
+    bases = {
+        "callbacks": (keras.callbacks, keras.callbacks.Callback),
+        "schedules": (keras.optimizers.schedules, keras.optimizers.schedules.LearningRateSchedule),
+        "regularizers": (keras.regularizers, keras.regularizers.Regularizer),
+        "initializers": (keras.initializers, keras.initializers.Initializer),
+        "constraints": (keras.constraints, keras.constraints.Constraint),
+    }
+    others = {
+        kind: {name: _entry(cls) for name, cls in public(module, base, EXCLUDED[kind]).items() if name[0].isupper()}
+        for kind, (module, base) in bases.items()
+    }
+    others["callbacks"]["EarlyStopping"]["args"]["min_delta"] = 0.0  # Keras' default is the int 0 for a float
+    return {"keras": keras.__version__, "layers": layers, "optimizers": optimizers, "losses": losses, **others}
 
 
 if __name__ == "__main__":
@@ -139,37 +174,65 @@ if __name__ == "__main__":
 def check(kind, class_name, kwargs, where):
     """Check `class_name(**kwargs)` against the index; return Keras' spelling of the class name.
 
-    `kind` is "layers", "optimizers" or "losses"; `where` prefixes every message.
+    `kind` is a key of EXCLUDED ("layers", "optimizers", "callbacks", ...); `where` prefixes every message.
     """
     from runner.errors import ConfigError
 
-    classes = index()[kind]
-    excluded = {"layers": EXCLUDED_LAYERS, "optimizers": EXCLUDED_OPTIMIZERS, "losses": EXCLUDED_LOSSES}[kind]
-    if kind == "layers":
+    classes, module = index()[kind], MODULES.get(kind, kind)
+    excluded = EXCLUDED[kind]
+    if kind in ("layers", "callbacks", "schedules"):
         name = class_name if class_name in classes else None  # keras.layers names are case-sensitive
     else:  # keras.optimizers.get("adam") and keras.losses.get accept any case
         name = {n.lower(): n for n in classes}.get(str(class_name).lower())
     if name is None:
         if class_name in excluded:
-            raise ConfigError(f"{where}: keras.{kind}.{class_name} is not allowed here: {excluded[class_name]}.")
+            raise ConfigError(f"{where}: keras.{module}.{class_name} is not allowed here: {excluded[class_name]}.")
         hint = did_you_mean(str(class_name), classes)
-        raise ConfigError(f"{where}: unknown type {class_name!r}: not a class in keras.{kind}.{hint}")
+        raise ConfigError(f"{where}: unknown type {class_name!r}: not a class in keras.{module}.{hint}")
     entry = classes[name]
     for arg in kwargs:
         if arg not in entry["args"]:
             hint = did_you_mean(arg, entry["args"])
-            raise ConfigError(f"{where}: unknown argument {arg!r} for keras.{kind}.{name}.{hint}")
+            raise ConfigError(f"{where}: unknown argument {arg!r} for keras.{module}.{name}.{hint}")
     for arg, value in kwargs.items():
-        expected = _expected_type(entry["args"][arg], value)
+        default = entry["args"][arg]
+        if kind not in ("layers", "optimizers", "losses") and type(default) is int and isinstance(value, float):
+            default = float(default)  # MaxNorm(max_value=2), decay_rate=1: Keras' int defaults of real numbers
+        expected = _expected_type(default, value)
         if expected:
             raise ConfigError(
-                f"{where}: argument {arg!r} of keras.{kind}.{name} expects {expected} "
+                f"{where}: argument {arg!r} of keras.{module}.{name} expects {expected} "
                 f"(its default is {entry['args'][arg]!r}), got {value!r} ({type(value).__name__})."
             )
     for arg in entry["required"]:
         if arg not in kwargs:
-            raise ConfigError(f"{where}: missing required argument {arg!r} for keras.{kind}.{name}.")
+            raise ConfigError(f"{where}: missing required argument {arg!r} for keras.{module}.{name}.")
+    if kind == "layers":
+        for arg, value in kwargs.items():
+            nested = next((k for end, k in NESTED_KINDS.items() if arg.endswith(end)), None)
+            if nested and value is not None:
+                check_object(nested, value, f"{where}.{arg}")
     return name
+
+
+def check_object(kind, value, where):
+    """A Keras object given by name (`he_normal`, `l2`) or as `{class_name: ..., **arguments}`."""
+    from runner.errors import ConfigError
+
+    if isinstance(value, Mapping):
+        return class_args(kind, where, value)[0]
+    classes = index()[kind]
+    if not isinstance(value, str) or _plain_name(value) not in {_plain_name(c) for c in classes}:
+        hint = did_you_mean(str(value), classes)
+        raise ConfigError(
+            f"{where}: unknown {kind[:-1]} {value!r}: name a class in keras.{kind} (or its snake_case name, "
+            f"as `he_normal`), or write {{class_name: ..., **arguments}}.{hint}"
+        )
+    return value
+
+
+def _plain_name(name):
+    return name.replace("_", "").lower()
 
 
 def _expected_type(default, value):
@@ -212,6 +275,6 @@ def class_args(kind, key, section):
     if "class_name" not in section:
         from runner.errors import ConfigError
 
-        raise ConfigError(f"{key}.class_name: missing; name a class in keras.{kind}.")
+        raise ConfigError(f"{key}.class_name: missing; name a class in keras.{MODULES.get(kind, kind)}.")
     name = section.pop("class_name")
     return check(kind, name, section, key), section

@@ -11,14 +11,18 @@ import math
 import keras
 import tensorflow as tf
 
-from runner import step
+from runner import schedules, step
 from runner.keras_api import class_args
 from runner.errors import TrainingDiverged
 
 
-def compile_model(model, optimizer_cfg, loss_cfg, jit_compile):
-    """Compile with the configured optimizer and loss (both through Keras' own deserialisation)."""
+def compile_model(model, optimizer_cfg, loss_cfg, jit_compile, total_steps=None):
+    """Compile with the configured optimizer and loss (both through Keras' own deserialisation); a
+    learning-rate schedule's `auto` steps resolve to `total_steps` (1 when unknown: a preflight build)."""
     optimizer, optimizer_kwargs = class_args("optimizers", "optimizer", optimizer_cfg)
+    schedule = schedules.spec(optimizer_kwargs)
+    if schedule is not None:
+        optimizer_kwargs["learning_rate"] = schedules.build(schedule, total_steps or 1)
     loss, loss_kwargs = class_args("losses", "model.loss", loss_cfg)
     model.compile(
         optimizer=keras.optimizers.get({"class_name": optimizer, "config": optimizer_kwargs}),
@@ -28,17 +32,17 @@ def compile_model(model, optimizer_cfg, loss_cfg, jit_compile):
     )
 
 
-def train(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0):
+def train(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0, class_weight=None):
     """Train with `cfg.name`'s loop from `initial_epoch`; return {"test_loss": ..., "test_accuracy": ...}.
 
     `train` is (dataset, steps per epoch) from `data.train_pipeline`: the
     batches of every remaining epoch in one dataset.
     """
     loop = fit if cfg.name == "fit" else custom
-    return loop(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch)
+    return loop(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch, class_weight)
 
 
-def fit(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0):
+def fit(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0, class_weight=None):
     """`model.fit`, then `model.evaluate` on the test split."""
     train_ds, steps = train
     if initial_epoch < cfg.epochs:
@@ -50,13 +54,14 @@ def fit(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0):
             initial_epoch=initial_epoch,
             callbacks=callbacks,
             verbose=cfg.verbose,
+            class_weight=class_weight,
             shuffle=False,  # the pipeline shuffles
         )
     results = model.evaluate(test_ds, return_dict=True, verbose=0)
     return {f"test_{name}": float(value) for name, value in results.items()}
 
 
-def custom(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0):
+def custom(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0, class_weight=None):
     """Epochs of `runner.step`'s train_step (compiled with tf.function unless loop.eager), with
     Keras callbacks and a progress bar as `fit` drives them."""
     strategy = model.distribute_strategy  # the one the model was built under (default: one device)
@@ -64,7 +69,7 @@ def custom(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0):
         metrics = step.metrics()
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-    steps_fns = step.make_steps(model, model.loss, model.optimizer, metrics)
+    steps_fns = step.make_steps(model, model.loss, model.optimizer, metrics, class_weight, cfg)
     train_step, test_step = (_on_replicas(strategy, f) for f in steps_fns)
     if not cfg.eager:
         jit = model.jit_compile  # compile() resolved "auto"

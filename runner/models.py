@@ -148,6 +148,8 @@ def _instantiate(spec):
 def _nested(value):
     if isinstance(value, dict) and "type" in value:
         return _instantiate(value)
+    if isinstance(value, dict) and "class_name" in value:  # kernel_regularizer: {class_name: L2, l2: 1e-4}
+        return {"class_name": value["class_name"], "config": {k: v for k, v in value.items() if k != "class_name"}}
     if isinstance(value, list):
         return [_nested(v) for v in value]
     return value

@@ -39,6 +39,7 @@ class Tag:
     PROCESS = "runner.process"  # boot id, pid namespace and start time of the owner process
     SWEEP_ID = "runner.sweep_id"  # a sweep's unique id, on its parent and on every job
     VARYING = "runner.varying"  # the keys a sweep varies (on the parent)
+    TEST_WEIGHTS = "runner.test_weights"  # which epoch's weights the test metrics (and the model) come from
     OVERRIDES = "overrides"
     RESUMED_WITH = "resumed_with"
     ERROR = "error"

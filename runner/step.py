@@ -1,27 +1,68 @@
-"""The hand-written training step (loop=custom). Edit here to change what one step does.
+"""The training step of loop=custom, and how to bring your own.
 
-A second loss, gradient clipping, a GAN's two optimizers: they all go in
-`train_step`. The loop that drives epochs, metrics, callbacks and MLflow is
-`runner.loops.custom`, and does not need to change.
+A second loss, a GAN's two optimizers, gradient accumulation: they all go in
+a training step. The loop that drives epochs, metrics, callbacks and MLflow is
+`runner.loops.custom`, and does not change.
+
+Your own step (`loop.step: my_steps.make_train_step`, `loop.step_modules: [my_steps]`)
+is a function with this contract:
+
+    def make_train_step(model, loss_fn, optimizer, metrics, loop_cfg):
+        ...                        # make any tf.Variable here, not in the step
+        def train_step(x, y):      # one replica's batch: float images, int labels
+            ...                    # compute, apply gradients with optimizer.apply
+            update_metrics(metrics, loss, y, y_pred)
+            return loss            # a scalar tensor
+        return train_step
+
+`metrics` is {"loss": keras.metrics.Mean, "accuracy": ...}: update them as
+`update_metrics` does and the epoch logs keep fit's names. Include
+`penalties(model)` in the loss to keep kernel_regularizer & co. The
+validation and test steps stay the runner's. Examples: `examples/steps/`.
 """
+
+import importlib
+import inspect
 
 import keras
 import tensorflow as tf
 
+from runner.errors import ConfigError
 
-def make_steps(model, loss_fn, optimizer, metrics):
+CONTRACT = ("model", "loss_fn", "optimizer", "metrics", "loop_cfg")
+
+
+def user_train_step(loop_cfg):
+    """The factory that loop.step names, imported (config.step_check allowed its module) and its signature checked."""
+    module, _, name = loop_cfg.step.rpartition(".")
+    factory = getattr(importlib.import_module(module), name, None)
+    if not callable(factory):
+        raise ConfigError(f"loop.step: module {module!r} has no function {name!r}.")
+    params = tuple(inspect.signature(factory).parameters)
+    if params != CONTRACT:
+        raise ConfigError(f"loop.step: {loop_cfg.step}{inspect.signature(factory)} must take {CONTRACT} "
+                          "(see runner/step.py) and return train_step(x, y).")
+    return factory
+
+
+def make_steps(model, loss_fn, optimizer, metrics, class_weight=None, loop_cfg=None):
     """The (train_step, test_step) pair for one model; `metrics` are updated in place.
+
+    With `class_weight` ({label: weight}), training examples are weighted by
+    their class in the loss (not in the accuracy), as model.fit(class_weight=...) does.
 
     `metrics["loss"]` is a keras.metrics.Mean, the others are called as
     `metric.update_state(y, y_pred)`. Each step sees one replica's batch: the
     driver runs it with `strategy.run` (one replica without a strategy).
     """
     loss_metric, *others = metrics.values()
+    table = tf.constant([class_weight[c] for c in sorted(class_weight)], tf.float32) if class_weight else None
 
     def train_step(x, y):
+        weights = tf.gather(table, tf.cast(y, tf.int32)) if table is not None else None
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
-            loss = _loss(model, loss_fn, y, y_pred)
+            loss = _loss(model, loss_fn, y, y_pred, weights)
             scaled = optimizer.scale_loss(loss)  # mixed precision: no underflowing float16 gradients
         gradients = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply(gradients, model.trainable_variables)
@@ -34,15 +75,61 @@ def make_steps(model, loss_fn, optimizer, metrics):
         _update(loss_metric, others, loss, y, y_pred)
         return loss
 
+    if loop_cfg is not None and loop_cfg.step:
+        train_step = user_train_step(loop_cfg)(model, loss_fn, optimizer, metrics, loop_cfg)
+    elif loop_cfg is not None and loop_cfg.accumulate_steps > 1:
+        train_step = accumulating_step(model, loss_fn, optimizer, metrics, loop_cfg.accumulate_steps, table)
     return train_step, test_step
 
 
-def _loss(model, loss_fn, y, y_pred):
+def accumulating_step(model, loss_fn, optimizer, metrics, every, table=None):
+    """Adds each batch's gradient / `every` and applies the sum every `every` batches: with equal batches,
+    the gradient of one `every` times larger batch, in the memory of one small batch."""
+    loss_metric, *others = metrics.values()
+    variables = model.trainable_variables
+    sums = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+    count = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def train_step(x, y):
+        weights = tf.gather(table, tf.cast(y, tf.int32)) if table is not None else None
+        with tf.GradientTape() as tape:
+            y_pred = model(x, training=True)
+            loss = _loss(model, loss_fn, y, y_pred, weights)
+            scaled = optimizer.scale_loss(loss)
+        for total, gradient in zip(sums, tape.gradient(scaled, variables)):
+            total.assign_add(gradient / every)
+        count.assign_add(1)
+
+        def apply():
+            optimizer.apply([tf.identity(t) for t in sums], variables)
+            for total in sums:
+                total.assign(tf.zeros_like(total))
+            return tf.constant(True)
+
+        tf.cond(count % every == 0, apply, lambda: tf.constant(False))
+        _update(loss_metric, others, loss, y, y_pred)
+        return loss
+
+    return train_step
+
+
+def penalties(model):
+    """The model's regularisation losses (kernel_regularizer...), this replica's share."""
+    return (tf.add_n(model.losses) if model.losses else 0.0) / _replicas()
+
+
+def update_metrics(metrics, loss, y, y_pred):
+    """Update the epoch metrics as fit does (the loss weighted by batch size, accuracy on y_pred)."""
+    loss_metric, *others = metrics.values()
+    _update(loss_metric, others, loss, y, y_pred)
+
+
+def _loss(model, loss_fn, y, y_pred, sample_weight=None):
     """This replica's share of the loss. Under a tf.distribute strategy the replicas' gradients
     are summed, so Keras' losses already divide by the number of replicas; the penalties of
     kernel_regularizer and friends (which model.fit adds too) are divided the same way."""
     penalties = tf.add_n(model.losses) if model.losses else 0.0
-    return loss_fn(y, y_pred) + penalties / _replicas()
+    return loss_fn(y, y_pred, sample_weight=sample_weight) + penalties / _replicas()
 
 
 def _replicas():
@@ -53,7 +140,7 @@ def _update(loss_metric, others, loss, y, y_pred):
     # The whole loss, weighted by batch size, as fit reports it.
     loss_metric.update_state(loss * _replicas(), sample_weight=tf.shape(y)[0])
     for metric in others:
-        metric.update_state(y, y_pred)
+        metric.update_state(y, y_pred)  # compile(metrics=...) are unweighted; only weighted_metrics see weights
 
 
 def metrics():

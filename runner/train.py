@@ -137,8 +137,9 @@ def prepare(cfg, graph, strategy=None, resume_from=None, run_id=None):
 def report(work, results, out, cfg, resumed):
     """The end of the record: test metrics (once, even when a resumed run had logged them before a
     kill), the model, its summary and the checkpoint manifest."""
-    from runner import tracking
+    from runner import record, tracking
 
+    record.mlflow.set_tag(record.Tag.TEST_WEIGHTS, work.test_weights)
     tracking.log_final(results, step=cfg.loop.epochs, resumed=resumed)
     tracking.log_model(work.model, out, cfg.mlflow.log_model)
     tracking.log_checkpoint(out / "checkpoints")

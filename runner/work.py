@@ -6,12 +6,14 @@ and training them with the configured loop. No MLflow run management here (that 
 and the sweep preflight share.
 """
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from runner import checkpoints, data, loops, models, tracking
+from runner import callbacks as controls, checkpoints, class_weights, data, loops, models, tracking
 
 
 @dataclass
@@ -23,6 +25,9 @@ class Work:
     test_data: object
     run_id: str = None
     history: list = field(default_factory=list)  # logs of the epochs done before (resume)
+    resumed: dict = field(default_factory=dict)  # the checkpoint manifest a resumed run continues from
+    test_weights: str = None  # which weights the test metrics come from, once trained
+    class_weight: dict = None  # {label: weight} for the loss, both loops
 
     @classmethod
     def prepare(cls, cfg, graph, strategy=None, resume_from=None, run_id=None):
@@ -32,15 +37,19 @@ class Work:
         keras.utils.set_random_seed(cfg.seed)
         keras.mixed_precision.set_global_policy(cfg.loop.precision)  # every job sets it: jobs share a process
         splits = data.load(cfg.dataset)
-        with strategy.scope():  # variables on every replica; fit and the custom loop follow the model
-            if resume_from:
-                model, history = checkpoints.load(resume_from, run_id, cfg.model.custom_layers)
-            else:
-                model, history = build_model(cfg, graph), []
-        batch = cfg.loop.batch_size
+        model, state = None, {}
+        if resume_from:
+            with strategy.scope():  # variables on every replica; fit and the custom loop follow the model
+                model, state = checkpoints.load(resume_from, run_id, cfg.model.custom_layers)
+            state["directory"] = str(resume_from)
+        history, batch = state.get("history", []), cfg.loop.batch_size
         train = data.train_pipeline(*splits.train, batch, cfg.dataset.seed, len(history), cfg.loop.epochs)
+        if model is None:
+            with strategy.scope():
+                model = build_model(cfg, graph, total_steps=train[1] * cfg.loop.epochs)
         val, test = data.pipeline(*splits.val, batch), data.pipeline(*splits.test, batch)
-        return cls(cfg, model, train, val, test, run_id, history)
+        weights = class_weights.resolve(cfg.dataset.class_weight, splits.train[1], cfg.dataset.num_classes)
+        return cls(cfg, model, train, val, test, run_id, history, state, class_weight=weights)
 
     def train(self, checkpoint_dir=None, callbacks=()):
         """Train the remaining epochs with the run's callbacks; return the test metrics.
@@ -49,23 +58,40 @@ class Work:
         the active MLflow run; without it (benchmarks, tests) only `callbacks` run.
         """
         first_epoch, steps = len(self.history), self.train_data[1]
+        directory = Path(checkpoint_dir) if checkpoint_dir is not None else Path(tempfile.mkdtemp(prefix="runner-"))
+        configured = controls.build(self.cfg.callbacks, directory)
+        configured_state = self._restore(configured) if self.resumed else []
         recorded = []
         if checkpoint_dir is not None:
-            checkpoint = checkpoints.EpochCheckpoint(checkpoint_dir, self.run_id, self.history)
+            checkpoint = checkpoints.EpochCheckpoint(checkpoint_dir, self.run_id, self.history, configured)
             recorded = [checkpoint, *tracking.callbacks(self.cfg.loop, first_step=first_epoch * steps)]
             if first_epoch:
                 tracking.log_missing_epochs(self.history)
-        all_callbacks = [loops.NonFiniteGuard(), *recorded, *callbacks]  # checkpoint before MLflow: a logged epoch is saved
+        # The configured callbacks see an epoch's logs before the checkpoint saves their state, and the
+        # logged learning rate is the one the epoch used (before ReduceLROnPlateau changes it).
+        all_callbacks = [loops.NonFiniteGuard(), controls.learning_rate_logger(), *configured.values(),
+                         *configured_state, *recorded, *callbacks]
         results = loops.train(self.model, self.train_data, self.val_data, self.test_data, self.cfg.loop, all_callbacks,
-                              initial_epoch=first_epoch)
+                              initial_epoch=first_epoch, class_weight=self.class_weight)
         if checkpoint_dir is not None:
             self.history = checkpoint.history
-        return results
+        done = len(self.history) if checkpoint_dir is not None else None
+        metrics, self.test_weights = controls.outcome(configured, done or "?")
+        return {**results, **metrics}
+
+    def _restore(self, configured):
+        """The callbacks' state and the learning rate as the checkpoint left them."""
+        state = self.resumed
+        if "learning_rate" in state and not controls.schedule_driven(self.model.optimizer):
+            self.model.optimizer.learning_rate = state["learning_rate"]  # ReduceLROnPlateau's current rate
+        best = checkpoints.best_weights(state["directory"], state)
+        return [controls.restorer(configured, state.get("callbacks"), best)]
 
 
-def build_model(cfg, graph):
-    """The model of `graph` in the configured style, its output checked against the data set, compiled."""
+def build_model(cfg, graph, total_steps=None):
+    """The model of `graph` in the configured style, its output checked against the data set, compiled
+    (a schedule's `auto` steps resolved to `total_steps`)."""
     model = models.build(graph, cfg.model.style)
     models.check_output(model, graph, cfg.dataset.num_classes)
-    loops.compile_model(model, cfg.optimizer, cfg.model.loss, cfg.loop.jit_compile)
+    loops.compile_model(model, cfg.optimizer, cfg.model.loss, cfg.loop.jit_compile, total_steps)
     return model

@@ -17,7 +17,7 @@ OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml")
 
 
 def test_groups_are_the_documented_ones():
-    assert GROUPS == ["dataset", "experiment", "loop", "model", "model-style", "optimizer"]
+    assert GROUPS == ["callbacks", "dataset", "experiment", "loop", "model", "model-style", "optimizer"]
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])

@@ -49,7 +49,7 @@ def test_custom_loop_changes_the_weights_and_reports_fit_names(make_cfg):
             seen.append((epoch, sorted(logs)))
 
     results = work.train(callbacks=[Spy()])
-    assert seen == [(e, ["accuracy", "loss", "val_accuracy", "val_loss"]) for e in (0, 1)]
+    assert seen == [(e, ["accuracy", "learning_rate", "loss", "val_accuracy", "val_loss"]) for e in (0, 1)]
     assert sorted(results) == ["test_accuracy", "test_loss"]
     assert all(not np.array_equal(a, b) for a, b in zip(before, work.model.get_weights()))
     # Training lowered the validation loss (from ~2.3 at random init), and beats chance (0.1) by far.
