@@ -58,6 +58,7 @@ def run(cfg, job=None, **fields):
     from runner import environment, tracking  # import TensorFlow
 
     strategy = environment.setup(cfg.loop, job.threads)  # before any other TensorFlow work
+    tracking.system_metrics(cfg.mlflow)  # MLflow starts its monitor with the run
     with record.started(cfg, experiment_id, run_name, tags, resume=cfg.resume) as active:
         started = time.perf_counter()
         if previous:
@@ -68,9 +69,9 @@ def run(cfg, job=None, **fields):
             (out / "config.yaml").chmod(0o600)  # it may hold secrets the record masks
             record.mlflow.set_tag(Tag.OUTPUT_DIR, str(out))
             work = prepare(cfg, graph, strategy, run_id=active.info.run_id)
-            tracking.log_start(cfg, work.model)
+            tracking.log_start(cfg, work.model, job)
         results = work.train(out / "checkpoints")
-        report(work, results, out, cfg, resumed=bool(previous))
+        report(work, results, out, cfg, resumed=bool(previous), choices=job.choices)
         elapsed = time.perf_counter() - started
     _summary(active, results, work.model.count_params(), elapsed, record.ui_link(active))
     last_epoch = work.history[-1] if work.history else {}
@@ -105,13 +106,13 @@ def prepare(cfg, graph, strategy=None, resume_from=None, run_id=None):
     return work.Work.prepare(cfg, graph, strategy, resume_from, run_id)
 
 
-def report(work, results, out, cfg, resumed):
+def report(work, results, out, cfg, resumed, choices=None):
     """The end of the record: test metrics (once, even when a resumed run had logged them before a
-    kill), the model, its summary and the checkpoint manifest."""
+    kill), the model (an MLflow model), its summary, the figures and the checkpoint manifest."""
     from runner import tracking
 
     tracking.log_final(results, step=cfg.loop.epochs, resumed=resumed)
-    tracking.log_model(work.model, out, cfg.mlflow.log_model)
+    tracking.log_record(work, results, cfg, choices or {})
     tracking.log_checkpoint(out / "checkpoints")
 
 

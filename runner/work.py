@@ -66,6 +66,8 @@ class Work:
 def build_model(cfg, graph):
     """The model of `graph` in the configured style, its output checked against the data set, compiled."""
     model = models.build(graph, cfg.model.style)
+    if cfg.model.name:
+        model.name = cfg.model.name  # the model YAML's own name (a Keras Applications export carries one)
     models.check_output(model, graph, cfg.dataset.num_classes)
     loops.compile_model(model, cfg.optimizer, cfg.model.loss, cfg.loop.jit_compile)
     return model
