@@ -137,3 +137,15 @@ def sweep_curves(histories):
     if histories:
         ax.legend(fontsize=7)
     return fig
+
+
+def log_sweep(client, parent_id, rows, columns):
+    """On a sweep's parent run: every job's validation accuracy overlaid, and the leaderboard as an
+    MLflow table (the UI shows it in the run's artifacts)."""
+    histories = {}
+    for row in rows:
+        if row.get("run_id"):
+            points = sorted((m.step, m.value) for m in client.get_metric_history(row["run_id"], "val_accuracy"))
+            histories[row["overrides"]] = [v for _, v in points]
+    client.log_figure(parent_id, sweep_curves(histories), "figures/val_accuracy.png")
+    client.log_table(parent_id, {c: [row.get(c) for row in rows] for c in columns}, "leaderboard.json")

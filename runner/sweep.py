@@ -181,6 +181,9 @@ def end_parent(parent_id, rows, files, failed):
     client = record.mlflow.MlflowClient()
     for name, text in files.items():
         client.log_text(parent_id, text, f"leaderboard/{name}")
+    from runner import figures  # matplotlib: only once a sweep ends
+
+    figures.log_sweep(client, parent_id, rows, COLUMNS)
     best = [r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None]
     if best:
         client.log_metric(parent_id, "best_test_accuracy", max(best))
