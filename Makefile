@@ -8,7 +8,7 @@ SERVER_PORT ?= 5001
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-install: ## install runner and the test tools into the current Python environment
+install: ## install runner and the test tools (system step first, as root: apt-get install -y graphviz chromium)
 	$(PYTHON) -m pip install '.[test]'
 
 run: ## train the default experiment (seed_cnn on the bundled digits) and log it to ./mlflow.db

@@ -35,6 +35,8 @@ CACHES = ("none", "memory", "disk")
 @dataclass
 class ModelConfig:
     layers: List[Any] = MISSING  # each: {type: <keras.layers class>, name?, inputs?, **its arguments}
+    name: Optional[str] = None  # the Keras model's name (a Keras Applications export starts with it)
+    description: Optional[str] = None  # one line on what the model is: joins the run's description
     inputs: Optional[List[Any]] = None  # [{name, shape}]; default: one input of dataset.input_shape
     outputs: Optional[Any] = None  # a layer name or a list; default: the last layer
     custom_layers: List[str] = field(default_factory=list)  # opt-in: modules whose layers `type: module.Class` names
@@ -86,7 +88,12 @@ class LoopConfig:
 class MlflowConfig:
     experiment_name: str = "runner"
     tracking_uri: Optional[str] = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///<launch dir>/mlflow.db
-    log_model: bool = True  # the trained model as a .keras artifact
+    log_model: bool = True  # the trained model as an MLflow model (Keras flavour): loads with mlflow.pyfunc
+    log_datasets: bool = True  # train / validation / test as MLflow datasets (name, source, digest, shapes)
+    log_figures: bool = True  # learning curves, confusion matrix, misclassified images, per-class table
+    log_environment: bool = True  # git commit / branch / diff, versions, devices, pip freeze
+    system_metrics: bool = True  # MLflow's CPU / memory / GPU monitor, sampled every system_metrics_interval s
+    system_metrics_interval: float = 1.0  # seconds: MLflow's default (10) leaves a short run without a point
 
 
 @dataclass
@@ -110,6 +117,8 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 42  # weights, dropout and shuffling: one seed, one result
     resume: Optional[str] = None  # an MLflow run id: continue it from its last checkpoint
+    tags: List[str] = field(default_factory=list)  # your labels, as MLflow tags: tags=[baseline,ablation]
+    note: Optional[str] = None  # one line of your own: the start of the run's description
 
 
 def load(path, **values):
@@ -220,9 +229,10 @@ def fingerprint(cfg):
     """A hash of what determines a run's result: the resolved config (less where it is logged and
     how it prints), the data's content, the runner's version and the code of its custom layers."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("mlflow", "sweep", "resume"):
+    for key in ("mlflow", "sweep", "resume", "tags", "note"):
         plain.pop(key, None)
     plain["loop"].pop("verbose", None)
+    plain["model"].pop("description", None)
     plain["_runner"] = version("runner")
     plain["_data"] = [content_digest(plain["dataset"].get(key)) for key in ("path", "test_path")]
     plain["_code"] = {m: content_digest(_module_file(m)) for m in plain["model"].get("custom_layers") or ()}

@@ -1,27 +1,70 @@
-"""The command line: Hydra composes the config, `runner.train.run` does the work."""
+"""The command line: Hydra composes the config, `runner.train.run` does the work.
 
+`runner compare ...` and `runner reproduce ...` are dispatched before Hydra
+(runner.compare). What says nothing to the user (TensorFlow's C++ start-up lines,
+absl, oneDNN, CUDA probing on a machine without a GPU, MLflow's INFO lines,
+matplotlib's font cache) is quieted before anything imports TensorFlow;
+RUNNER_VERBOSE=1 shows all of it.
+"""
+
+import logging
 import os
 import signal
 import sys
+import time
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import OmegaConf
+QUIET_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "3",  # TensorFlow's C++ INFO/WARNING/ERROR start-up lines (cuInit on a CPU-only machine)
+    "TF_ENABLE_ONEDNN_OPTS": None,  # left as is: only its notice goes, through the level above
+    "GRPC_VERBOSITY": "ERROR",
+    "ABSL_MIN_LOG_LEVEL": "3",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # "Creating initial MLflow database tables...", system-metrics notices
+}
+QUIET_LOGGERS = ("mlflow", "absl", "matplotlib", "tensorflow", "alembic", "h5py")
 
-from runner import config  # noqa: F401  (registers the schema with Hydra's ConfigStore)
-from runner.keras_api import did_you_mean
-from runner.errors import ConfigError, TrainingDiverged
-from runner.redact import redact_uri
-from runner.train import Job, run
+
+def quiet(env=os.environ):
+    """Quiet the start-up noise unless RUNNER_VERBOSE=1; Keras' progress bar and real warnings stay."""
+    if env.get("RUNNER_VERBOSE") == "1":
+        return
+    for key, value in QUIET_ENV.items():
+        if value is not None:
+            env.setdefault(key, value)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if name != "absl" else logging.ERROR)
+
+
+quiet()
+
+import hydra  # noqa: E402  (after the environment above: Hydra's plugins may import TensorFlow)
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from runner import config  # noqa: F401,E402  (registers the schema with Hydra's ConfigStore)
+from runner.errors import ConfigError, TrainingDiverged  # noqa: E402
+from runner.keras_api import did_you_mean  # noqa: E402
+from runner.redact import redact_uri  # noqa: E402
+from runner.train import Job, run  # noqa: E402
+
+SUBCOMMANDS = ("compare", "reproduce")
 
 # Exit statuses a script can branch on; 130 and 143 follow the shell's 128 + signal number.
 EXIT_STATUS = {ConfigError: 2, TrainingDiverged: 3}
 LABEL = {ConfigError: "config error", TrainingDiverged: "training diverged"}
 
 
+def main():
+    """The console script: a subcommand, or Hydra's command line."""
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        from runner import compare
+
+        sys.exit(compare.cli(sys.argv[1:]))
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg):
+def hydra_main(cfg):
     hc = HydraConfig.get()
     signal.signal(signal.SIGTERM, _terminate)  # `kill` ends the run like Ctrl-C: KILLED, checkpoint kept
     multirun = hc.mode == RunMode.MULTIRUN
@@ -33,6 +76,8 @@ def main(cfg):
         multirun=multirun,
         threads=_threads_per_job(hc) if multirun else None,
     )
+    if multirun:
+        _progress(hc.job.num, " ".join(job.overrides))
     try:
         results = run(cfg, job)
     except Exception as error:
@@ -107,6 +152,18 @@ def _one_line_compose_errors():
 
 
 _one_line_compose_errors()
+
+
+def _progress(index, overrides, env=os.environ):
+    """`job i of n` and, after the first, an estimate of the time left: from the sweep's start time and
+    size, which the sweep callback leaves in the environment (inherited by parallel job processes)."""
+    total, started = env.get("RUNNER_SWEEP_POINTS"), env.get("RUNNER_SWEEP_STARTED")
+    of = f" of {total}" if total and total.isdigit() else ""
+    eta = ""
+    if of and started and index > 0:
+        left = (time.time() - float(started)) / index * (int(total) - index)
+        eta = f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f} s left"
+    print(f"runner: job {index + 1}{of}{eta}: {redact_uri(overrides)}", flush=True)
 
 
 def _threads_per_job(hc):

@@ -44,6 +44,15 @@ class Tag:
     RESUMED_WITH = "resumed_with"
     ERROR = "error"
     PARENT = "mlflow.parentRunId"  # MLflow's own: nests a job under its sweep in the UI
+    NOTE = "mlflow.note.content"  # MLflow's own: the run's description
+    GIT_COMMIT = "runner.git.commit"  # of the launch directory (MLflow's own tag reads site-packages')
+    GIT_BRANCH = "runner.git.branch"
+    GIT_DIRTY = "runner.git.dirty"  # "true": uncommitted changes, saved as environment/uncommitted.diff
+    MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"  # the same commit, where MLflow's UI shows it
+    VERSION = "runner.version."  # + package: the versions that ran it
+    DEVICES = "runner.devices"
+    COMMAND = "runner.command"  # the command line as typed (secrets masked): `runner reproduce` prints it
+    USER_TAGS = "runner.tags"  # `tags=[a,b]` from the command line; each is also a tag of its own
 
 
 def params(cfg):
@@ -303,6 +312,9 @@ def end(run_id, error=None):
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
         client = mlflow.MlflowClient()
         retry(client.set_tag, run_id, Tag.ERROR, redact_uri(f"{type(error).__name__}: {error}")[:5000])
+        note = retry(lambda: client.get_run(run_id).data.tags.get(Tag.NOTE))
+        if note:  # the description ends with how the run ended
+            retry(client.set_tag, run_id, Tag.NOTE, redact_uri(f"{note.rsplit(': ', 1)[0]}: {status}, {error}")[:5000])
         if not isinstance(error, (KeyboardInterrupt, ConfigError)):
             text = "".join(traceback.format_exception(error))
             retry(client.log_text, run_id, redact_uri(text), "error/traceback.txt")

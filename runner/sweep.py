@@ -10,6 +10,7 @@ other machines nest too, and two sweeps started in the same second never mix.
 import csv
 import html
 import io
+import os
 import sys
 import time
 
@@ -68,6 +69,7 @@ class SweepCallback(Callback):
         # process and must not find it as their active run.
         self.parent = client.create_run(experiment_id, run_name=f"sweep {' '.join(shown)}"[:250], tags=tags).info.run_id
         print(f"runner: sweep of {len(cfgs) or 'an open number of'} jobs, MLflow parent run {self.parent}", flush=True)
+        os.environ.update(RUNNER_SWEEP_POINTS=str(len(cfgs) or ""), RUNNER_SWEEP_STARTED=str(time.time()))  # job i of n, ETA
 
     def on_multirun_end(self, config: DictConfig, **kwargs):
         if self.parent is None:
@@ -179,6 +181,9 @@ def end_parent(parent_id, rows, files, failed):
     client = record.mlflow.MlflowClient()
     for name, text in files.items():
         client.log_text(parent_id, text, f"leaderboard/{name}")
+    from runner import figures  # matplotlib: only once a sweep ends
+
+    figures.log_sweep(client, parent_id, rows, COLUMNS)
     best = [r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None]
     if best:
         client.log_metric(parent_id, "best_test_accuracy", max(best))

@@ -1,22 +1,79 @@
-"""What a run logs to MLflow while it works: the per-epoch callbacks and the artifacts.
+"""What a run logs to MLflow while it works: the per-epoch callbacks, and at its start and end the
+record a person reads (description, headline params, datasets, the model as an MLflow model, the
+environment, figures, system metrics).
 
 Which run, its tags and its status belong to `runner.record`; this module only
 writes into the active run.
 """
 
+import os
+import resource
+import time
+from importlib.metadata import version
 from pathlib import Path
 
 import keras
 import mlflow
+import numpy as np
 
-from runner import checkpoints, record
+from runner import checkpoints, inputs, provenance, record
+from runner.record import Tag
+
+# Python packages a served model needs, pinned to what trained it: passed to MLflow so it does not
+# infer them in a subprocess that imports TensorFlow again (16 s on a loaded 2-core machine).
+MODEL_REQUIREMENTS = ("tensorflow", "keras", "numpy")
+_clock = None  # (wall, CPU seconds of this process) when the current run started: its mean CPU
 
 
-def log_start(cfg, model):
-    """The config (secrets masked) and the parameter count, as soon as the model exists."""
+def system_metrics(mlflow_cfg):
+    """Turn MLflow's system monitor on or off for the runs this process starts next; a resumed run
+    continues its step count (MLflow reads the last one), and each run has one monitor."""
+    global _clock
+    _clock = (time.perf_counter(), sum(os.times()[:2]))
+    if mlflow_cfg.system_metrics:
+        mlflow.set_system_metrics_sampling_interval(mlflow_cfg.system_metrics_interval)
+        mlflow.enable_system_metrics_logging()
+    else:
+        mlflow.disable_system_metrics_logging()
+
+
+def log_start(cfg, model, job):
+    """The config (secrets masked), the parameter count, the headline params, the user's tags, the
+    description and, when asked, what produced the run, as soon as the model exists."""
     with record.signals_deferred():
         mlflow.log_text(record.public_yaml(cfg), "config.yaml")
         mlflow.log_metric("num_params", model.count_params(), synchronous=True)
+        mlflow.log_params(headline(cfg, job.choices or {}, model.count_params()), synchronous=True)
+    user = [str(t) for t in cfg.tags]  # each a tag of its own, "true", so the runs table can filter on it
+    mlflow.set_tags({**dict.fromkeys(user, "true"), Tag.USER_TAGS: ",".join(user),
+                     Tag.NOTE: describe(cfg, job.choices or {})})
+    if cfg.mlflow.log_datasets:
+        inputs.log_datasets(cfg.dataset)
+    if cfg.mlflow.log_environment:
+        tags, files = provenance.tags(job.cwd)
+        mlflow.set_tags(tags)
+        for name, text in files.items():
+            mlflow.log_text(text, name)
+
+
+def headline(cfg, choices, num_params):
+    """The handful of params a person compares first, beside the full flattened config."""
+    return {
+        "model": cfg.model.name or choices.get("model", "custom"), "style": cfg.model.style,
+        "dataset": cfg.dataset.name, "optimizer": cfg.optimizer.get("class_name"),
+        "learning_rate": cfg.optimizer.get("learning_rate"), "batch_size": cfg.loop.batch_size,
+        "epochs": cfg.loop.epochs, "precision": cfg.loop.precision, "loop": cfg.loop.name, "parameters": num_params,
+    }
+
+
+def describe(cfg, choices, outcome="running"):
+    """One line: the user's note, what the run is (model, style, data, optimizer, loop, epochs) and how it ended."""
+    lr = cfg.optimizer.get("learning_rate")
+    what = (f"{cfg.model.name or choices.get('model', 'model')} ({cfg.model.style}) on {cfg.dataset.name}, "
+            f"{cfg.optimizer.get('class_name')}{f' lr {lr}' if lr is not None else ''}, {cfg.loop.name} loop, "
+            f"{cfg.loop.epochs} epoch{'s' if cfg.loop.epochs != 1 else ''}, batch {cfg.loop.batch_size}: {outcome}")
+    mine = " ".join(p for p in (cfg.note, cfg.model.description) if p)
+    return record.redact_uri(f"{mine}. {what}" if mine else what)
 
 
 def log_missing_epochs(history):
@@ -37,6 +94,16 @@ def log_final(results, step, resumed):
     if results:
         with record.signals_deferred():
             mlflow.log_metrics(results, step=step, synchronous=True)
+
+
+def log_outcome(cfg, choices, results):
+    """The description's end (test accuracy), and the process's peak memory and mean CPU as metrics."""
+    mlflow.set_tag(Tag.NOTE, describe(cfg, choices, f"test accuracy {results['test_accuracy']:.4f}"))
+    metrics = {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # of the process
+    if _clock:
+        wall, cpu = time.perf_counter() - _clock[0], sum(os.times()[:2]) - _clock[1]  # user + system, all threads
+        metrics["mean_cpu_percent"] = 100 * cpu / max(wall, 1e-3) / (os.cpu_count() or 1)
+    mlflow.log_metrics(metrics, synchronous=True)
 
 
 class MlflowMetrics(keras.callbacks.Callback):
@@ -79,16 +146,47 @@ def callbacks(loop_cfg, first_step=0):
     return [MlflowMetrics(), *([MlflowBatchLoss(every, first_step)] if every else [])]
 
 
-def log_model(model, output_dir, save_model):
-    """The model summary and, when asked, the trained model (.keras) as artifacts."""
-    out = Path(output_dir)
+def test_predictions(model, test_data, chunk=1000):
+    """(x, y, class probabilities) of the test split, in order. Called eagerly in chunks: a
+    `model.predict` would trace a new function (a few tenths of a second) for one pass."""
+    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in test_data))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    probs = np.concatenate([np.asarray(model(x[i:i + chunk], training=False), dtype=np.float32)
+                            for i in range(0, len(x), chunk)])
+    return x, y, probs
+
+
+def log_model(model, cfg, sample, step):
+    """The model summary and, when asked, the trained model as an MLflow model (Keras flavour) with
+    its signature and pinned requirements, linked to the run's metrics at `step` (the last epoch's
+    and the test metrics). Returns its `models:/` URI, or None."""
     lines = []
     model.summary(print_fn=lambda line, **_: lines.append(line), line_length=100)
     mlflow.log_text("\n".join(lines) + "\n", "model_summary.txt")
-    if save_model:
-        path = out / "model.keras"
-        model.save(path)
-        mlflow.log_artifact(str(path), artifact_path="model")
+    if not cfg.mlflow.log_model:
+        return None
+    from mlflow.models import infer_signature
+
+    x, probs = sample
+    info = mlflow.keras.log_model(
+        model, name=cfg.model.name or "model", signature=infer_signature(x, probs), step=step,
+        pip_requirements=[f"{p}=={version(p)}" for p in MODEL_REQUIREMENTS],
+    )
+    return info.model_uri
+
+
+def log_record(work, results, cfg, choices):
+    """The end of the record: the model as an MLflow model, the figures and per-class table, the
+    description's outcome, peak memory and mean CPU. One pass of predictions serves them all."""
+    from runner import figures
+
+    wanted = cfg.mlflow.log_model or cfg.mlflow.log_figures
+    x, y, probs = test_predictions(work.model, work.test_data) if wanted else (None, None, None)
+    uri = log_model(work.model, cfg, (x[:2], probs[:2]) if wanted else None, step=cfg.loop.epochs)
+    if cfg.mlflow.log_figures:
+        figures.log_run_figures(work.history, x, y, probs, work.model)
+    log_outcome(cfg, choices, results)
+    return uri
 
 
 def log_checkpoint(directory):

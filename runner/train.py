@@ -42,15 +42,16 @@ def run(cfg, job=None, **fields):
     from runner import environment, record, tracking  # imports TensorFlow
 
     strategy = environment.setup(plan.cfg.loop, job.threads)  # before any other TensorFlow work
+    tracking.system_metrics(plan.cfg.mlflow)  # MLflow starts its monitor with the run
     with record.started(plan.cfg, plan.experiment_id, plan.run_name, plan.tags, resume=plan.cfg.resume) as active:
         started = time.perf_counter()
         out = plan.output_dir or own_directory(plan.cfg, job, active.info.run_id)
         work = prepare(plan.cfg, plan.graph, strategy, resume_from=plan.output_dir and out / "checkpoints",
                        run_id=active.info.run_id)
         if plan.output_dir is None:
-            tracking.log_start(plan.cfg, work.model)
+            tracking.log_start(plan.cfg, work.model, job)
         results = work.train(out / "checkpoints")
-        report(work, results, out, plan.cfg, resumed=plan.output_dir is not None)
+        report(work, results, out, plan.cfg, resumed=plan.output_dir is not None, choices=job.choices)
         elapsed = time.perf_counter() - started
     _summary(active, results, work.model.count_params(), elapsed, record.ui_link(active))
     last_epoch = work.history[-1] if work.history else {}
@@ -134,14 +135,14 @@ def prepare(cfg, graph, strategy=None, resume_from=None, run_id=None):
     return work.Work.prepare(cfg, graph, strategy, resume_from, run_id)
 
 
-def report(work, results, out, cfg, resumed):
+def report(work, results, out, cfg, resumed, choices=None):
     """The end of the record: test metrics (once, even when a resumed run had logged them before a
-    kill), the model, its summary and the checkpoint manifest."""
+    kill), the model (an MLflow model), its summary, the figures and the checkpoint manifest."""
     from runner import record, tracking
 
     record.mlflow.set_tag(record.Tag.TEST_WEIGHTS, work.test_weights)
     tracking.log_final(results, step=cfg.loop.epochs, resumed=resumed)
-    tracking.log_model(work.model, out, cfg.mlflow.log_model)
+    tracking.log_record(work, results, cfg, choices or {})
     tracking.log_checkpoint(out / "checkpoints")
 
 

@@ -92,6 +92,8 @@ def build_model(cfg, graph, total_steps=None):
     """The model of `graph` in the configured style, its output checked against the data set, compiled
     (a schedule's `auto` steps resolved to `total_steps`)."""
     model = models.build(graph, cfg.model.style)
+    if cfg.model.name:
+        model.name = cfg.model.name  # the model YAML's own name (a Keras Applications export carries one)
     models.check_output(model, graph, cfg.dataset.num_classes)
     loops.compile_model(model, cfg.optimizer, cfg.model.loss, cfg.loop.jit_compile, total_steps)
     return model

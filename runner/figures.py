@@ -1,0 +1,151 @@
+"""The pictures a person looks at to judge a run, logged with `mlflow.log_figure`: learning curves,
+the confusion matrix and misclassified test images, the per-class precision / recall / F1 as an
+MLflow table, the model graph; and on a sweep's parent, every job's validation curve overlaid.
+
+matplotlib's object API (`Figure`), not pyplot: no global state, no GUI backend,
+and a figure is freed when it goes out of scope.
+"""
+
+import shutil
+
+import mlflow
+import numpy as np
+from matplotlib.figure import Figure
+
+GRID = 25  # misclassified images shown (5 x 5)
+DPI = 80  # enough to read on a screen; each figure costs about a tenth of a second to draw
+
+
+def log_run_figures(history, x, y, probs, model):
+    """Every figure and the per-class table of one finished run."""
+    predicted = probs.argmax(axis=-1)
+    classes = probs.shape[-1]
+    if history:
+        mlflow.log_figure(learning_curves(history), "figures/learning_curves.png")
+    matrix = confusion(y, predicted, classes)
+    mlflow.log_figure(confusion_figure(matrix), "figures/confusion_matrix.png")
+    wrong = np.flatnonzero(predicted != y)
+    if len(wrong) and x.ndim >= 3:  # images: a grid; a table's rows are not pictures
+        mlflow.log_figure(misclassified(x, y, predicted, wrong[:GRID]), "figures/misclassified.png")
+    mlflow.log_table(per_class(matrix), "per_class.json")
+    log_graph(model)
+
+
+def learning_curves(history):
+    """Loss and accuracy per epoch, train and validation, side by side."""
+    fig = Figure(figsize=(9, 3.4), dpi=DPI)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.9, wspace=0.2)
+    epochs = np.arange(1, len(history) + 1)
+    for ax, name in zip(fig.subplots(1, 2), ("loss", "accuracy")):
+        for key, style in ((name, "-o"), (f"val_{name}", "--s")):
+            values = [h.get(key) for h in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style, label=key, markersize=4)
+        ax.set(xlabel="epoch", title=name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def confusion(y, predicted, classes):
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (y.astype(int), predicted.astype(int)), 1)
+    return matrix
+
+
+def confusion_figure(matrix):
+    """Counts on the test split: rows the true class, columns the predicted one."""
+    n = len(matrix)
+    fig = Figure(figsize=(min(3 + 0.35 * n, 14), min(3 + 0.35 * n, 14)), dpi=DPI)
+    ax = fig.subplots()
+    ax.imshow(matrix, cmap="Blues")  # no colour bar: the counts are written in the cells
+    if n <= 20:  # beyond, numbers would overlap
+        for (i, j), count in np.ndenumerate(matrix):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                    color="white" if count > matrix.max() / 2 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix (test, {matrix.sum()} examples)")
+    if n <= 20:
+        ax.set(xticks=range(n), yticks=range(n))
+    return fig
+
+
+def misclassified(x, y, predicted, indices, cols=5):
+    """The first misclassified test images in one mosaic, each labelled `true → predicted`.
+
+    One axes and one image: a grid of 25 axes costs half a second to draw.
+    """
+    images = x[indices].reshape(len(indices), *x.shape[1:3], -1)[..., :3]
+    images = images[..., 0] if images.shape[-1] != 3 else images
+    height, width = images.shape[1:3]
+    rows, pad = -(-len(indices) // cols), max(2, height // 8)
+    top = max(6, height // 3)  # room for the label above each image
+    mosaic = np.ones((rows * (height + top + pad), cols * (width + pad), *images.shape[3:]), dtype=np.float32)
+    for n, image in enumerate(images):
+        r, c = divmod(n, cols)
+        mosaic[r * (height + top + pad) + top:][:height, c * (width + pad):][:, :width] = image
+    fig = Figure(figsize=(cols * 1.4, rows * 1.6), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, 0.93))
+    ax.imshow(mosaic, cmap="gray" if mosaic.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    for n, i in enumerate(indices):
+        r, c = divmod(n, cols)
+        ax.text(c * (width + pad) + width / 2, r * (height + top + pad) + top - 1, f"{y[i]} → {predicted[i]}",
+                ha="center", va="bottom", fontsize=9, color="tab:red")
+    ax.axis("off")
+    fig.suptitle("misclassified test images: true → predicted", fontsize=10)
+    return fig
+
+
+def per_class(matrix):
+    """{column: values}: precision, recall, F1 and support of each class (an MLflow table)."""
+    true_positive = np.diag(matrix).astype(float)
+    support, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
+    precision = np.divide(true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0)
+    recall = np.divide(true_positive, support, out=np.zeros_like(true_positive), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
+    return {"class": list(range(len(matrix))), "precision": np.round(precision, 4).tolist(),
+            "recall": np.round(recall, 4).tolist(), "f1": np.round(f1, 4).tolist(), "support": support.tolist()}
+
+
+def log_graph(model):
+    """The model graph as a picture with Keras' plot_model where Graphviz and pydot are installed;
+    otherwise a one-line note beside the text summary."""
+    import importlib.util
+    import tempfile
+
+    if not shutil.which("dot") or importlib.util.find_spec("pydot") is None:
+        mlflow.log_text("No model graph picture: install Graphviz (apt-get install graphviz) and pydot "
+                        "(pip install pydot). The layers are in model_summary.txt.\n", "figures/model_graph.txt")
+        return
+    import keras
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/model_graph.png"
+        keras.utils.plot_model(model, to_file=path, show_shapes=True, show_layer_names=True, dpi=72)
+        mlflow.log_artifact(path, artifact_path="figures")
+
+
+def sweep_curves(histories):
+    """{label: [val_accuracy per epoch]} of a sweep's jobs, overlaid in one figure."""
+    fig = Figure(figsize=(7, 4), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    for label, values in histories.items():
+        if values:
+            ax.plot(np.arange(1, len(values) + 1), values, "-o", markersize=3, label=label[:60] or "(no overrides)")
+    ax.set(xlabel="epoch", ylabel="val_accuracy", title="validation accuracy of every job")
+    ax.grid(alpha=0.3)
+    if histories:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def log_sweep(client, parent_id, rows, columns):
+    """On a sweep's parent run: every job's validation accuracy overlaid, and the leaderboard as an
+    MLflow table (the UI shows it in the run's artifacts)."""
+    histories = {}
+    for row in rows:
+        if row.get("run_id"):
+            points = sorted((m.step, m.value) for m in client.get_metric_history(row["run_id"], "val_accuracy"))
+            histories[row["overrides"]] = [v for _, v in points]
+    client.log_figure(parent_id, sweep_curves(histories), "figures/val_accuracy.png")
+    client.log_table(parent_id, {c: [row.get(c) for row in rows] for c in columns}, "leaderboard.json")

@@ -1,0 +1,78 @@
+"""`runner compare` and `runner reproduce` on two real runs of a real sweep (the bundled digits)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+QUICK = ["loop.epochs=2", "dataset.limit=200", "loop.verbose=0", "mlflow.log_model=false"]
+
+
+def cli(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    done = cli("-m", "optimizer=adam,sgd", *QUICK, cwd=tmp)
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id], order_by=["attributes.start_time ASC"])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return tmp, client, parent, children, done.stdout
+
+
+def test_sweep_prints_job_i_of_n(sweep):
+    *_, out = sweep
+    assert "runner: job 1 of 2: optimizer=adam" in out and "runner: job 2 of 2" in out and "s left" in out
+
+
+def test_compare_prints_only_the_differing_keys_and_metric_deltas(sweep):
+    tmp, client, _, children, _ = sweep
+    done = cli("compare", children[0].info.run_id, children[1].info.run_id, "--html", "cmp.html", cwd=tmp)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "optimizer.class_name" in out and "Adam" in out and "SGD" in out
+    assert "optimizer.momentum" in out  # sgd's preset sets it, adam's does not
+    assert "loop.epochs" not in out and "model.layers" not in out  # equal keys are left out
+    delta = children[1].data.metrics["test_accuracy"] - children[0].data.metrics["test_accuracy"]
+    assert f"({delta:+.4f})" in out
+    assert "datasets: identical" in out
+    page = (tmp / "cmp.html").read_text()
+    assert "optimizer.class_name" in page and "data:image/png;base64," in page
+
+
+def test_compare_a_sweep_parent_means_its_jobs(sweep):
+    tmp, _, parent, children, _ = sweep
+    done = cli("compare", parent.info.run_id, cwd=tmp)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("2 runs:") and all(c.info.run_id[:8] in done.stdout for c in children)
+
+
+def test_sweep_parent_has_overlaid_curves_and_leaderboard_table(sweep):
+    _, client, parent, _, _ = sweep
+    paths = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert "figures/val_accuracy.png" in paths
+    table = json.load(open(client.download_artifacts(parent.info.run_id, "leaderboard.json")))
+    assert len(table["data"]) == 2 and "test_accuracy" in table["columns"]
+
+
+def test_reproduce_prints_the_command(sweep):
+    tmp, _, _, children, _ = sweep
+    done = cli("reproduce", children[1].info.run_id, cwd=tmp)
+    assert done.returncode == 0, done.stderr
+    assert "runner optimizer=sgd" in done.stdout
+    assert "environment: the same versions as recorded" in done.stdout
+
+
+def test_unknown_run_is_one_line_and_status_2(tmp_path):
+    done = cli("compare", "nope", "nada", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("runner: no run 'nope'") and "Traceback" not in done.stderr
