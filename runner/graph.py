@@ -12,9 +12,9 @@ from runner import keras_api
 from runner.errors import ConfigError
 
 STYLES = ("sequential", "functional", "subclass")  # the three builders of runner.models
-RESERVED = ("type", "name", "inputs")
+RESERVED = ("type", "name", "inputs")  # every other key of an entry is the layer's own argument
 # Packages whose modules are not "your own layers": through them a config could reach Lambda and friends.
-FRAMEWORKS = ("keras", "tensorflow", "tf_keras", "jax", "torch", "builtins", "os", "sys", "subprocess")  # every other key of an entry is the layer's own argument
+FRAMEWORKS = ("keras", "tensorflow", "tf_keras", "jax", "torch", "builtins", "os", "sys", "subprocess")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ RUNNER_VERBOSE=1 shows all of it.
 
 import logging
 import os
-import signal
 import sys
 import time
 
@@ -44,8 +43,11 @@ from omegaconf import OmegaConf  # noqa: E402
 from runner import config  # noqa: F401,E402  (registers the schema with Hydra's ConfigStore)
 from runner.errors import ConfigError, TrainingDiverged  # noqa: E402
 from runner.keras_api import did_you_mean  # noqa: E402
-from runner.redact import redact_uri  # noqa: E402
+from runner import signals  # noqa: E402
+from runner.redact import install_log_redaction, redact_text  # noqa: E402
 from runner.train import Job, run  # noqa: E402
+
+install_log_redaction()  # Hydra's launchers log each job's overrides, secrets included
 
 SUBCOMMANDS = ("compare", "reproduce")
 
@@ -66,7 +68,7 @@ def main():
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def hydra_main(cfg):
     hc = HydraConfig.get()
-    signal.signal(signal.SIGTERM, _terminate)  # `kill` ends the run like Ctrl-C: KILLED, checkpoint kept
+    signals.install()  # `kill` ends the run like Ctrl-C: KILLED, checkpoint kept
     multirun = hc.mode == RunMode.MULTIRUN
     job = Job(
         cwd=hc.runtime.cwd,
@@ -81,21 +83,22 @@ def hydra_main(cfg):
     try:
         results = run(cfg, job)
     except Exception as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (multirun or isinstance(error, tuple(EXIT_STATUS))):
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        # One line, not a traceback; a sweep goes on with its other jobs (this one's run is FAILED).
+        # One line, not a traceback (an unexpected error's is in the run's error/traceback.txt); a
+        # sweep goes on with its other jobs (this one's run is FAILED).
         kind = next((k for k in EXIT_STATUS if isinstance(error, k)), None)
-        message = redact_uri(str(error))  # an error may quote a tracking URI with its password
-        print(f"runner: {LABEL.get(kind, 'error')}: {message}" if kind else f"runner: {type(error).__name__}: {message}",
-              file=sys.stderr)
+        message = redact_text(str(error))  # an error may quote a tracking URI with its password
+        print(f"runner: {LABEL[kind]}: {message}" if kind else
+              f"runner: {type(error).__name__}: {message} (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
         if multirun:
             return None
-        sys.exit(EXIT_STATUS[kind])
+        sys.exit(EXIT_STATUS.get(kind, 1))
     except KeyboardInterrupt as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"runner: interrupted: {error}", file=sys.stderr)
-        sys.exit(143 if isinstance(error, Terminated) else 130)
+        sys.exit(143 if isinstance(error, signals.Terminated) else 130)
     return results.get("val_accuracy", results["test_accuracy"])  # the objective a sweeper maximises
 
 
@@ -163,7 +166,7 @@ def _progress(index, overrides, env=os.environ):
     if of and started and index > 0:
         left = (time.time() - float(started)) / index * (int(total) - index)
         eta = f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f} s left"
-    print(f"runner: job {index + 1}{of}{eta}: {redact_uri(overrides)}", flush=True)
+    print(f"runner: job {index + 1}{of}{eta}: {redact_text(overrides)}", flush=True)
 
 
 def _threads_per_job(hc):
@@ -174,12 +177,3 @@ def _threads_per_job(hc):
     cores = os.cpu_count() or 1
     return max(1, cores // (cores if n_jobs < 0 else n_jobs))
 
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so the run unwinds like after Ctrl-C."""
-
-
-def _terminate(signum, frame):
-    # Once: a second SIGTERM while the run records how it ended must not cut that short.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated("terminated by SIGTERM")

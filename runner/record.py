@@ -9,7 +9,6 @@ TensorFlow here, so the store can be opened before (or while) it imports.
 import fcntl
 import os
 import re
-import signal
 import socket
 import sys
 import time
@@ -22,10 +21,12 @@ import mlflow
 from mlflow.entities import RunStatus
 from omegaconf import OmegaConf
 
+from runner import signals
 from runner.errors import ConfigError
 from runner.redact import redact, redact_override, redact_tree, redact_uri
 
 UI_PORT = 5000  # `make ui` and `mlflow ui` serve here
+REMOTE_NAMES = ("databricks", "databricks-uc", "uc")  # MLflow's bare tracking URIs that are not paths
 GROUPS = ("model", "model-style", "dataset", "optimizer", "loop", "experiment")
 
 
@@ -38,6 +39,9 @@ class Tag:
     PID = "runner.pid"
     PROCESS = "runner.process"  # boot id, pid namespace and start time of the owner process
     SWEEP_ID = "runner.sweep_id"  # a sweep's unique id, on its parent and on every job
+    SWEEP_PARENT = "runner.sweep_parent"  # the same id, on the parent only: what jobs search for
+    POINTS = "points"  # a sweep's number of grid points (on the parent)
+    JOBS_FAILED = "jobs_failed"  # how many of a sweep's jobs did not finish (on the parent)
     VARYING = "runner.varying"  # the keys a sweep varies (on the parent)
     TEST_WEIGHTS = "runner.test_weights"  # which epoch's weights the test metrics (and the model) come from
     OVERRIDES = "overrides"
@@ -92,12 +96,12 @@ def tracking_uri(mlflow_cfg, cwd):
     uri = mlflow_cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///"):
         path, sep, query = uri.removeprefix("sqlite:///").partition("?")
-        return f"sqlite:///{(Path(cwd) / path).resolve()}{sep}{query}"  # sqlite:////abs stays /abs
+        return f"sqlite:///{(Path(cwd) / Path(path).expanduser()).resolve()}{sep}{query}"  # sqlite:////abs stays
     if uri.startswith("file:"):
-        return (Path(cwd) / urlsplit(uri).path).resolve().as_uri()
-    if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", uri):  # a plain path: MLflow's file store
-        return (Path(cwd) / uri).resolve().as_uri()
-    return uri
+        return (Path(cwd) / Path(urlsplit(uri).path).expanduser()).resolve().as_uri()
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", uri) or uri in REMOTE_NAMES:  # a server, a database, databricks
+        return uri
+    return (Path(cwd) / Path(uri).expanduser()).resolve().as_uri()  # a plain path: MLflow's file store
 
 
 def sqlite_path(uri):
@@ -214,10 +218,10 @@ def close_dead_runs(experiment_id):
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
         if owner_alive(run) is not False:
             continue
-        message = (
-            f"the process (pid {run.data.tags[Tag.PID]}) ended without closing the run: killed with SIGKILL, "
-            f"or the machine went down. Continue it with: runner resume={run.info.run_id}"
-        )
+        then = (f"Run the sweep again with sweep.skip_finished=true to finish its missing points"
+                if Tag.SWEEP_PARENT in run.data.tags else f"Continue it with: runner resume={run.info.run_id}")
+        message = (f"the process (pid {run.data.tags[Tag.PID]}) ended without closing the run: killed with SIGKILL, "
+                   f"or the machine went down. {then}")
         retry(client.set_tag, run.info.run_id, Tag.ERROR, message)
         retry(client.set_terminated, run.info.run_id, "KILLED")
         print(f"runner: found run {run.info.run_id} left RUNNING; marked it KILLED: {message}", file=sys.stderr)
@@ -266,10 +270,12 @@ def finished_run(experiment_id, fingerprint):
 def sweep_parent(experiment_id, sweep_id):
     """The RUNNING parent run of the sweep `sweep_id`, or None."""
     found = mlflow.MlflowClient().search_runs(
-        [experiment_id], f"tags.`{Tag.SWEEP_ID}` = '{_quoted(sweep_id)}' and attributes.status = 'RUNNING'",
-        max_results=2,
+        [experiment_id], f"tags.`{Tag.SWEEP_PARENT}` = '{_quoted(sweep_id)}' and attributes.status = 'RUNNING'",
+        max_results=1,
     )
-    found = [r for r in found if Tag.PARENT not in r.data.tags]
+    if not found:
+        print(f"runner: warning: no RUNNING parent run of sweep {sweep_id} in {redact_uri(mlflow.get_tracking_uri())}; "
+              "this job is recorded as a run of its own", file=sys.stderr)
     return found[0] if found else None
 
 
@@ -295,7 +301,7 @@ def started(cfg, experiment_id, run_name, tags, resume=None):
             mlflow.log_params(params(cfg), synchronous=True)
         yield run
     except BaseException as error:
-        with signals_deferred():
+        with signals.deferred():
             end(run.info.run_id, error)
         raise
     else:
@@ -338,40 +344,26 @@ def retry(fn, *args, tries=4):
             return fn(*args)
         except Exception as error:  # "database is locked", a restarting server
             if attempt == tries - 1:
-                print(f"runner: could not record {fn.__name__}{args[:2]} in MLflow: {error}", file=sys.stderr)
+                print(f"runner: could not record {fn.__name__}{args[:2]} in MLflow: {redact_uri(str(error))}",
+                      file=sys.stderr)
                 return None
             time.sleep(pause * 2**attempt)
-
-
-@contextmanager
-def signals_deferred():
-    """SIGTERM and SIGINT wait (milliseconds) while the record is written: a `kill` that lands inside
-    a store write would leave its connection mid-transaction and the store locked for the write that
-    records the KILLED status; a second `kill` during that write must not leave the run RUNNING."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def record_failure(experiment_id, run_name, tags, error):
     """A FAILED run for a job that failed before its run could start (a bad value in one sweep point)."""
     client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, Tag.ERROR: str(error)[:5000]})
-    retry(client.set_terminated, run.info.run_id, "FAILED")
+    tags = {**tags, **owner(), Tag.ERROR: redact_uri(str(error))[:5000]}  # owned: close_dead_runs can end it
+    run = retry(client.create_run, experiment_id, None, tags, run_name)
+    if run is not None:
+        retry(client.set_terminated, run.info.run_id, "FAILED")
 
 
 def ui_link(run):
     """The command and URL that open this run in the MLflow UI (its Model-training view, not GenAI)."""
-    uri = mlflow.get_tracking_uri()
-    local = not uri.startswith(("http://", "https://"))
-    base = f"http://127.0.0.1:{UI_PORT}" if local else redact_uri(uri).rstrip("/")
-    command = f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}" if local else None
+    uri = redact_uri(mlflow.get_tracking_uri())  # a database URI's password is typed again, not printed
+    served = uri.startswith(("http://", "https://"))
+    base = uri.rstrip("/") if served else f"http://127.0.0.1:{UI_PORT}"
+    command = None if served else f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}"
     url = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
     return command, url

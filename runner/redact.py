@@ -4,6 +4,7 @@ Applied to everything that leaves the machine or the terminal: params, tags, run
 names, the config artifact, printed links and error lines.
 """
 
+import logging
 import re
 
 SECRET = re.compile(r"password|passwd|secret|token|api_?key|credential|private_?key", re.IGNORECASE)
@@ -18,10 +19,41 @@ def redact_uri(text):
 
 
 def redact(key, value):
-    """`value` as the record may show it: masked when its key looks secret, URLs without passwords."""
-    if SECRET.search(str(key).rpartition(".")[2]):
+    """`value` as the record may show it: masked when any part of its dotted key looks secret
+    (`dataset.password`, `dataset.password.0`, `db.credentials.user`), URLs without passwords."""
+    if any(SECRET.search(part) for part in str(key).split(".")):
         return MASK
     return redact_uri(value)
+
+
+# `key=value` or `key: value` in free text whose key looks secret: Hydra's logged override lists.
+SECRET_ASSIGNMENT = re.compile(
+    r"([\w.+~-]*(?:password|passwd|secret|token|api_?key|credential|private_?key)[\w.-]*\s*[=:]\s*)([^\s,'\"\]}]+)",
+    re.IGNORECASE,
+)
+
+
+def redact_text(text):
+    """Free text (a log line, an error message) with URL passwords and secret-looking assignments masked."""
+    return SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + MASK, redact_uri(str(text)))
+
+
+def install_log_redaction():
+    """Every log record of this process (Hydra's launchers log each job's overrides) passes redact_text."""
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "redacting", False):
+        return
+
+    def redacting(*args, **kwargs):
+        record = factory(*args, **kwargs)
+        message = record.getMessage()
+        clean = redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return record
+
+    redacting.redacting = True
+    logging.setLogRecordFactory(redacting)
 
 
 def redact_override(override):

@@ -7,6 +7,7 @@ memory, the environment or a directory name, so jobs in other processes or on
 other machines nest too, and two sweeps started in the same second never mix.
 """
 
+import atexit
 import csv
 import html
 import io
@@ -40,7 +41,8 @@ def points(overrides):
 class SweepCallback(Callback):
     def __init__(self):
         self.parent = None
-        self.hashes = None  # grid point -> the fingerprint of the config its job runs
+        self.hashes = None  # grid point (a tuple of overrides) -> the fingerprint of the config its job runs
+        self.skip_finished = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs):
         import hydra
@@ -53,7 +55,7 @@ class SweepCallback(Callback):
         cfgs = {}
         if grid:
             for job in points(overrides):
-                cfgs[" ".join(job)] = hydra.compose(config_name="config", overrides=job)
+                cfgs[tuple(job)] = hydra.compose(config_name=config.hydra.job.config_name, overrides=job)
             good = preflight(cfgs, cwd, build=config.sweep.preflight)
             self.hashes = {point: fingerprint(good[point][0]) if point in good else None for point in cfgs}
         from runner import record  # imports MLflow: after the config-only checks
@@ -61,13 +63,18 @@ class SweepCallback(Callback):
         experiment_id = record.open_store(config.mlflow, cwd)  # store and experiment created once, here
         record.close_dead_runs(experiment_id)
         shown = [redact_override(o) for o in overrides]
-        tags = {record.Tag.OVERRIDES: " ".join(shown), "points": str(len(cfgs) or "?"),
-                record.Tag.VARYING: " ".join(varying(overrides)), record.Tag.SWEEP_ID: config.sweep.id,
-                **record.owner()}
+        # Reading config.sweep.id here, before the launcher composes any job, puts the id in the resolver
+        # cache that Hydra copies into every job's config: all jobs see this one value.
+        sweep_id = config.sweep.id
+        tags = {record.Tag.OVERRIDES: " ".join(shown), record.Tag.POINTS: str(len(cfgs) or "?"),
+                record.Tag.VARYING: " ".join(varying(overrides)), record.Tag.SWEEP_ID: sweep_id,
+                record.Tag.SWEEP_PARENT: sweep_id, **record.owner()}
         client = record.mlflow.MlflowClient()
         # Made with the client, not mlflow.start_run: jobs of the basic launcher run in this
         # process and must not find it as their active run.
         self.parent = client.create_run(experiment_id, run_name=f"sweep {' '.join(shown)}"[:250], tags=tags).info.run_id
+        self.skip_finished = config.sweep.skip_finished
+        atexit.register(self._abandoned)  # Ctrl-C or a kill skips on_multirun_end: still end the parent
         print(f"runner: sweep of {len(cfgs) or 'an open number of'} jobs, MLflow parent run {self.parent}", flush=True)
         os.environ.update(RUNNER_SWEEP_POINTS=str(len(cfgs) or ""), RUNNER_SWEEP_STARTED=str(time.time()))  # job i of n, ETA
 
@@ -77,7 +84,7 @@ class SweepCallback(Callback):
         from runner import record
 
         try:
-            rows = sweep_rows(self.parent, self.hashes, varying(config.hydra.overrides.task))
+            rows = sweep_rows(self.parent, self.hashes, varying(config.hydra.overrides.task), self.skip_finished)
             table = leaderboard(rows)
             failed = sum(r["status"] not in ("FINISHED", "SKIPPED") for r in rows)
             summary = f"{len(rows) - failed} of {len(rows)} jobs FINISHED" + (f", {failed} not" if failed else "")
@@ -85,11 +92,29 @@ class SweepCallback(Callback):
             end_parent(self.parent, rows, {"leaderboard.md": table, "leaderboard.csv": to_csv(rows),
                                            "leaderboard.html": to_html(rows, summary)}, failed)
         except BaseException as error:  # never leave the parent RUNNING
-            record.retry(record.mlflow.MlflowClient().set_tag, self.parent, record.Tag.ERROR, f"{type(error).__name__}: {error}")
-            record.retry(record.mlflow.MlflowClient().set_terminated, self.parent, "FAILED")
+            end_abandoned(self.parent, "FAILED", f"{type(error).__name__}: {error}")
             raise
+        finally:
+            self.parent = None
         if failed:
             sys.exit(1)  # after the table: a sweep with failed jobs must not look green in a script
+
+
+    def _abandoned(self):
+        if self.parent is not None:
+            end_abandoned(self.parent, "KILLED", "the sweep was interrupted (Ctrl-C or a kill) before its jobs ended")
+
+
+def _shown(point):
+    return " ".join(redact_override(o) for o in point)
+
+
+def end_abandoned(parent_id, status, message):
+    from runner import record
+
+    client = record.mlflow.MlflowClient()
+    record.retry(client.set_tag, parent_id, record.Tag.ERROR, record.redact_uri(message)[:5000])
+    record.retry(client.set_terminated, parent_id, status)
 
 
 def preflight(cfgs, cwd, build=True):
@@ -103,7 +128,7 @@ def preflight(cfgs, cwd, build=True):
         try:
             good[point] = checked(cfg, cwd)
         except ConfigError as error:
-            broken.append(f"  {point or '(no overrides)'}: {error}")
+            broken.append(f"  {_shown(point) or '(no overrides)'}: {error}")
     if not build:  # sweep.preflight=false: a broken point becomes a FAILED job beside the others
         return good
     if good and not broken:
@@ -133,12 +158,13 @@ def _build_all(good, broken):
         try:
             work.build_model(cfg, graph)
         except ConfigError as error:
-            broken.append(f"  {point}: {error}")
+            broken.append(f"  {_shown(point)}: {error}")
 
 
-def sweep_rows(parent_id, hashes=None, keys=()):
+def sweep_rows(parent_id, hashes=None, keys=(), skip_finished=False):
     """The leaderboard's rows, best test accuracy first: one per grid point (this sweep's latest run
-    of it; a point skipped as done shows the earlier run, as SKIPPED), else one per child run."""
+    of it; with skip_finished, a point skipped as done shows the earlier run, as SKIPPED), else one
+    per child run."""
     from runner import record
 
     client = record.mlflow.MlflowClient()
@@ -148,14 +174,15 @@ def sweep_rows(parent_id, hashes=None, keys=()):
     if hashes:
         runs = {}
         for point, digest in hashes.items():
-            shown = " ".join(redact_override(o) for o in point.split())
+            shown = _shown(point)
             mine = next((r for r in children if (r.data.tags.get(record.Tag.CONFIG_HASH) == digest if digest
                                                  else r.data.tags.get(record.Tag.OVERRIDES) == shown)), None)
-            earlier = None if mine or not digest else record.finished_run(experiment_id, digest)
+            earlier = None if mine or not digest or not skip_finished else record.finished_run(experiment_id, digest)
             runs[point] = (mine or earlier, "SKIPPED" if earlier else None)
-    else:
-        runs = {r.data.tags.get(record.Tag.OVERRIDES, ""): (r, None) for r in reversed(children)}
-    rows = [_row(client, record.differing(point.split(), keys), run, status) for point, (run, status) in runs.items()]
+    else:  # an open search (Optuna): the children are the points; their tag is already masked
+        runs = {tuple(r.data.tags.get(record.Tag.OVERRIDES, "").split(" ")): (r, None) for r in reversed(children)}
+    rows = [_row(client, record.differing([redact_override(o) for o in point], keys), run, status)
+            for point, (run, status) in runs.items()]
     rows.sort(key=lambda r: -(r.get("test_accuracy") or -1.0))
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
@@ -187,7 +214,7 @@ def end_parent(parent_id, rows, files, failed):
     best = [r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None]
     if best:
         client.log_metric(parent_id, "best_test_accuracy", max(best))
-    client.set_tag(parent_id, "jobs_failed", str(failed))
+    client.set_tag(parent_id, record.Tag.JOBS_FAILED, str(failed))
     record.retry(client.set_terminated, parent_id, "FAILED" if failed else "FINISHED")
 
 

@@ -16,7 +16,7 @@ import keras
 import mlflow
 import numpy as np
 
-from runner import checkpoints, inputs, provenance, record
+from runner import checkpoints, inputs, provenance, record, signals
 from runner.record import Tag
 
 # Python packages a served model needs, pinned to what trained it: passed to MLflow so it does not
@@ -40,7 +40,7 @@ def system_metrics(mlflow_cfg):
 def log_start(cfg, model, job):
     """The config (secrets masked), the parameter count, the headline params, the user's tags, the
     description and, when asked, what produced the run, as soon as the model exists."""
-    with record.signals_deferred():
+    with signals.deferred():
         mlflow.log_text(record.public_yaml(cfg), "config.yaml")
         mlflow.log_metric("num_params", model.count_params(), synchronous=True)
         mlflow.log_params(headline(cfg, job.choices or {}, model.count_params()), synchronous=True)
@@ -92,7 +92,7 @@ def log_final(results, step, resumed):
         client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
         results = {k: v for k, v in results.items() if step not in {m.step for m in client.get_metric_history(run_id, k)}}
     if results:
-        with record.signals_deferred():
+        with signals.deferred():
             mlflow.log_metrics(results, step=step, synchronous=True)
 
 
@@ -115,7 +115,7 @@ class MlflowMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         # Synchronous: a few ms an epoch, and no async queue whose flush costs a second at the end.
-        with record.signals_deferred():
+        with signals.deferred():
             mlflow.log_metrics({k: float(v) for k, v in (logs or {}).items()}, step=epoch + 1, synchronous=True)
 
 
@@ -130,10 +130,14 @@ class MlflowBatchLoss(keras.callbacks.Callback):
     def __init__(self, every, first_step=0):
         super().__init__()
         self.every, self.steps = every, first_step
+        # A run killed mid-epoch logged steps past its checkpoint: the resumed run redoes them, unlogged.
+        run = mlflow.active_run()
+        history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "batch_loss") if first_step and run else []
+        self.logged = max((m.step for m in history), default=0)
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-        if self.steps % self.every == 0 and logs and "loss" in logs:
+        if self.steps % self.every == 0 and self.steps > self.logged and logs and "loss" in logs:
             mlflow.log_metric("batch_loss", float(logs["loss"]), step=self.steps, synchronous=False)
 
     def on_train_end(self, logs=None):
