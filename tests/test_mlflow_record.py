@@ -47,7 +47,7 @@ def test_the_model_loads_through_pyfunc_and_predicts_like_the_trained_one(record
     logged = mlflow.get_logged_model(output.model_id)
     assert logged.name == "digits_cnn" and logged.source_run_id == found.info.run_id
     assert {m.key for m in logged.metrics} >= {"test_accuracy", "val_accuracy"}  # linked to the run's metrics
-    trained = keras.saving.load_model(next((tmp / "out").glob("run-*/checkpoints/epoch-0001.keras")))
+    trained = keras.saving.load_model(next((tmp / "out").glob("run-*/checkpoints/epoch-0001")))
     x = np.random.default_rng(0).random((7, 8, 8, 1), dtype=np.float32)
     served = mlflow.pyfunc.load_model(f"models:/{output.model_id}")
     assert served.metadata.get_input_schema().inputs[0].shape == (-1, 8, 8, 1)

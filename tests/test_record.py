@@ -104,16 +104,26 @@ def stored_text(tmp_path):
     return text
 
 
+def test_an_unexpected_error_is_one_redacted_line(tmp_path):
+    done = cli("mlflow.tracking_uri=http://bob:hunter7@127.0.0.1:9", *QUICK, cwd=tmp_path,
+               env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"})
+    assert done.returncode == 1
+    assert "hunter7" not in done.stdout + done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("runner: MlflowException: ")
+
+
 def test_secrets_reach_nowhere_in_the_store(tmp_path):
-    done = cli("+dataset.password=hunter2", "+dataset.source=http://bob:hunter3@data.example/x", *QUICK, cwd=tmp_path)
+    done = cli("+dataset.password=hunter2", "+dataset.source=http://bob:hunter3@data.example/x",
+               "+dataset.api_keys=[hunter5]", "+dataset.credentials={user: bob, pass: hunter6}", *QUICK, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     client, found = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert found.data.params["dataset.password"] == "***"
     assert found.data.params["dataset.source"] == "http://bob:***@data.example/x"
     assert "+dataset.password=***" in found.data.tags[Tag.OVERRIDES]
     assert {"config.yaml"} <= {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert found.data.params["dataset.api_keys.0"] == "***" and found.data.params["dataset.credentials.pass"] == "***"
     text = stored_text(tmp_path)
-    assert "hunter2" not in text and "hunter3" not in text
+    assert not any(f"hunter{i}" in text for i in (2, 3, 5, 6))
     assert "hunter" not in done.stdout + done.stderr
     # The run's own directory keeps the real value (resume needs it), readable by its owner only.
     (config_yaml,) = tmp_path.glob("outputs/*/*/run-*/config.yaml")

@@ -162,8 +162,8 @@ def test_the_readme_offline_sweep_with_a_relative_path_finishes_every_row(tmp_pa
     import numpy as np
 
     rng = np.random.default_rng(0)
-    x, y = rng.integers(0, 255, (240, 8, 8), dtype=np.uint8), (np.arange(240) % 3).astype(np.uint8)
-    np.savez(tmp_path / "d.npz", x_train=x[:200], y_train=y[:200], x_test=x[200:], y_test=y[200:])
+    x, y = rng.integers(0, 255, (400, 8, 8), dtype=np.uint8), (np.arange(400) % 3).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x[:340], y_train=y[:340], x_test=x[340:], y_test=y[340:])
     done = sweep(tmp_path, "dataset=npz", "dataset.path=d.npz", "dataset.num_classes=3", "dataset.input_shape=[8,8,1]",
                  "optimizer=adam,sgd", "+dataset.password=hunter2", *QUICK)
     assert done.returncode == 0, done.stderr
@@ -204,7 +204,7 @@ def test_an_error_in_the_end_of_sweep_callback_does_not_leave_the_parent_running
     mlflow.set_tracking_uri(store)
     experiment = mlflow.create_experiment("runner")
     callback = sweep_module.SweepCallback()
-    callback.parent = MlflowClient().create_run(experiment, tags={record.Tag.SWEEP_ID: "s1"}).info.run_id
+    callback.parent = parent_id = MlflowClient().create_run(experiment, tags={record.Tag.SWEEP_ID: "s1"}).info.run_id
 
     def broken(*args, **kwargs):
         raise RuntimeError("store went away")
@@ -212,7 +212,7 @@ def test_an_error_in_the_end_of_sweep_callback_does_not_leave_the_parent_running
     monkeypatch.setattr(sweep_module, "sweep_rows", broken)
     with pytest.raises(RuntimeError):
         callback.on_multirun_end(OmegaConf.create({"hydra": {"overrides": {"task": ["a=1,2"]}}}))
-    parent = MlflowClient().get_run(callback.parent)
+    parent = MlflowClient().get_run(parent_id)
     assert parent.info.status == "FAILED" and "store went away" in parent.data.tags["error"]
 
 
