@@ -249,13 +249,38 @@ def resumable_run(run_id, overrides):
         raise ConfigError(f"resume: run {run_id} already FINISHED; there is nothing to resume.")
     if Tag.OUTPUT_DIR not in run.data.tags:
         raise ConfigError(f"resume: run {run_id} has no local checkpoint (tag {Tag.OUTPUT_DIR}).")
-    if run.info.status == "RUNNING" and owner_alive(run) is not False:
+    alive = owner_alive(run) if run.info.status == "RUNNING" else False
+    if alive:
         raise ConfigError(
             f"resume: run {run_id} is still RUNNING in process {run.data.tags.get(Tag.PID)} on "
             f"{run.data.tags.get(Tag.HOST)}; two processes must not write one run. Stop it first "
             "(its checkpoint is kept), then resume."
         )
+    if alive is None:
+        raise ConfigError(
+            f"resume: run {run_id} is RUNNING, owned by process {run.data.tags.get(Tag.PID)} on "
+            f"{run.data.tags.get(Tag.HOST)}, which this machine cannot check. Any `runner` started there marks "
+            f"it KILLED if that process is gone; if you know it is, end it yourself: python -c \"import mlflow; "
+            f"mlflow.MlflowClient().set_terminated('{run_id}', 'KILLED')\" and resume."
+        )
+    _hold(Path(run.data.tags[Tag.OUTPUT_DIR]) / "owner.lock", run_id)
     return run
+
+
+_held = []  # open lock files: held until the process ends
+
+
+def _hold(path, run_id):
+    """An exclusive lock on the run's directory for this process: two `resume=` started together
+    would both find the run KILLED and both write it."""
+    try:
+        lock = open(path, "a")
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(f"resume: another process is resuming run {run_id} right now.") from None
+    except OSError:
+        return  # no directory (the checkpoint check says so) or a file system without locks
+    _held.append(lock)
 
 
 def finished_run(experiment_id, fingerprint):
