@@ -52,7 +52,12 @@ def main(cfg):
 
 
 def _threads_per_job(hc):
-    """TensorFlow threads for one of n_jobs parallel jobs (joblib launcher): the cores, shared."""
+    """TensorFlow threads for one sweep job: the CPUs its launcher reserved for it (SLURM's
+    cpus_per_task, Ray's num_cpus), or for one of n_jobs parallel jobs (joblib) the cores, shared."""
+    for key in ("launcher.cpus_per_task", "launcher.ray.remote.num_cpus"):
+        cpus = OmegaConf.select(hc, key)
+        if isinstance(cpus, int) and cpus > 0:
+            return cpus
     n_jobs = OmegaConf.select(hc, "launcher.n_jobs")
     if not isinstance(n_jobs, int) or n_jobs in (0, 1):
         return None
