@@ -47,6 +47,11 @@ def main(cfg):
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"runner: interrupted: {error}", file=sys.stderr)
+        if multirun and os.environ.get("SUBMITIT_EXECUTOR"):
+            # A SLURM job cancelled or out of time: its run is KILLED; returning lets submitit record
+            # the job as ended, so the sweep goes on with its other jobs (an exit leaves no result,
+            # and the launcher waits for one).
+            return None
         sys.exit(143 if isinstance(error, Terminated) else 130)
     return results.get("val_accuracy", results["test_accuracy"])  # the objective a sweeper maximises
 
