@@ -8,8 +8,9 @@ SERVER_PORT ?= 5001
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-install: ## install runner and the test tools into the current Python environment
-	$(PYTHON) -m pip install '.[test]'
+install: ## install runner, the test tools and the cluster launchers; the SLURM and PostgreSQL packages (root)
+	$(PYTHON) -m pip install '.[test,cluster]'
+	bash .ci/services.sh install
 
 run: ## train the default experiment (seed_cnn on the bundled digits) and log it to ./mlflow.db
 	runner
