@@ -4,7 +4,8 @@
 #
 #   .ci/services.sh install            apt packages (once; a no-op when present)
 #   .ci/services.sh start slurm        munged + slurmctld + slurmd on localhost; prints the partition
-#   .ci/services.sh start postgres     a PostgreSQL cluster on 127.0.0.1:$RUNNER_PG_PORT; prints its URI
+#   .ci/services.sh start postgres     a PostgreSQL cluster on 127.0.0.1:$RUNNER_PG_PORT (55432); prints the
+#                                      URI of its `mlflow` database (role mlflow, which may create databases)
 #   .ci/services.sh stop slurm|postgres
 #
 # Idempotent (start on a running service only checks it), quiet (logs under $STATE), bounded in
@@ -143,6 +144,7 @@ start_postgres() {
     local psql=("$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAq)
     "${psql[@]}" -c "select 1 from pg_roles where rolname='mlflow'" | grep -q 1 \
         || "${psql[@]}" -c "create role mlflow login password 'mlflow'"
+    "${psql[@]}" -c "alter role mlflow createdb"  # a fresh database per test
     "${psql[@]}" -c "select 1 from pg_database where datname='$PG_DB'" | grep -q 1 \
         || "${psql[@]}" -c "create database $PG_DB owner mlflow"
     wait_for 15 PostgreSQL pg_up
