@@ -25,8 +25,9 @@ server: ## an MLflow tracking server on http://127.0.0.1:$(SERVER_PORT), SQLite-
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port $(SERVER_PORT) --workers 1 \
 		--backend-store-uri sqlite:///$(CURDIR)/mlflow-server.db --artifacts-destination $(CURDIR)/mlartifacts-server
 
-server-postgres: ## the same server on PostgreSQL (PG_URI, default: .ci/services.sh's local one) with a shared artifact root
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port $(SERVER_PORT) --workers 1 \
+server-postgres: ## the same on PostgreSQL (PG_URI; default .ci/services.sh's), artifacts in ARTIFACTS, a 40-connection pool
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=20 MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW=20 \
+	exec mlflow server --host 127.0.0.1 --port $(SERVER_PORT) --workers 1 \
 		--backend-store-uri "$${PG_URI:-$$(bash .ci/services.sh start postgres)}" \
 		--artifacts-destination $(or $(ARTIFACTS),$(CURDIR)/mlartifacts-server)
 

