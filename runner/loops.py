@@ -110,6 +110,17 @@ def strategy(name):
     return tf.distribute.get_strategy()
 
 
+def is_chief(strategy):
+    """Whether this process keeps the record (the MLflow run, the checkpoints): every process but a
+    non-chief worker of a multi-worker cluster, where the `chief` task, or without one worker 0, does."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    from tensorflow.python.distribute import multi_worker_util  # TF's own rule, also used by Keras
+
+    return multi_worker_util.is_chief(resolver.cluster_spec(), resolver.task_type, resolver.task_id)
+
+
 def _run(step_fn, batches, metrics, on_batch_begin=None, on_batch_end=None, model=None, steps=None):
     """`step_fn` over `steps` batches (default: all); returns the metrics' results as floats."""
     for metric in metrics.values():

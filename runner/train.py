@@ -45,6 +45,8 @@ def run(cfg, *, cwd=".", output_dir=None, choices=None, overrides=(), sweep_dir=
     if threads:
         _set_threads(threads)
     strategy = loops.strategy(cfg.loop.strategy)  # before other TensorFlow work, as MultiWorkerMirrored needs
+    if not loops.is_chief(strategy):  # a non-chief worker trains in step but records nothing shared
+        cfg, output_dir, sweep_dir = _off_the_record(cfg), None, None
 
     resume = cfg.resume
     if resume:
@@ -121,6 +123,19 @@ def _identity(cfg, cwd, choices, overrides, sweep_dir):
         varying = parent.data.tags.get("runner.varying", "").split()
         run_name = sweep.differing(overrides, varying)[:250] or run_name
     return run_name, tags
+
+
+def _off_the_record(cfg):
+    """cfg for a non-chief worker: its MLflow calls go to a store of its own that is deleted at exit,
+    so the chief's run is the only one; its checkpoints go to its scratch directory (output_dir=None)."""
+    import atexit
+    import shutil
+
+    throwaway = tempfile.mkdtemp(prefix="runner-worker-")
+    atexit.register(shutil.rmtree, throwaway, ignore_errors=True)
+    cfg = cfg.copy()
+    cfg.mlflow.tracking_uri = f"sqlite:///{throwaway}/mlflow.db"
+    return cfg
 
 
 def _set_threads(threads):
