@@ -7,6 +7,7 @@ the metric names `loss`, `accuracy`, `val_loss`, `val_accuracy` per epoch, and
 
 import itertools
 import math
+import os
 
 import keras
 import tensorflow as tf
@@ -106,8 +107,26 @@ def strategy(name):
         # Without GPUs, every logical CPU device: one on a plain machine, several where a test made them.
         return tf.distribute.MirroredStrategy(None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")])
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=_slurm_cluster())
     return tf.distribute.get_strategy()
+
+
+def _slurm_cluster():
+    """In a SLURM job step of several tasks and without TF_CONFIG, the cluster SLURM describes: one
+    worker per task (SLURM_PROCID its index, ports from 8888 up); else None, TF_CONFIG's cluster."""
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or "1"
+    if "TF_CONFIG" in os.environ or int(tasks) < 2:
+        return None
+    gpus = len(tf.config.list_physical_devices("GPU"))  # the resolver would ask nvidia-smi, absent without GPUs
+    if gpus:
+        return tf.distribute.cluster_resolver.SlurmClusterResolver(gpus_per_node=gpus)
+    # Without GPUs the resolver divides by zero GPUs per task: give it a notional one each, then keep
+    # only the cluster and this task's place in it, with no accelerators.
+    slurm = tf.distribute.cluster_resolver.SlurmClusterResolver(gpus_per_node=2**16, gpus_per_task=1,
+                                                               auto_set_gpu=False)
+    spec = slurm.cluster_spec()  # also sets task_type and task_id
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        spec, task_type=slurm.task_type, task_id=slurm.task_id, num_accelerators={}, rpc_layer="grpc")
 
 
 def is_chief(strategy):

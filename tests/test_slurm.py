@@ -83,3 +83,18 @@ def test_a_sweep_on_submitits_local_executor(tmp_path):
     _, parent, children = one_parent(tmp_path)
     assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
     assert parent.info.status == "FINISHED"
+
+
+def test_one_slurm_job_of_two_tasks_is_one_multi_worker_training(tmp_path, slurm):
+    # Without TF_CONFIG, the runner reads the cluster from SLURM_* (SlurmClusterResolver): task 0 is the chief.
+    done = sweep(tmp_path, "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2", "loop=custom",
+                 "loop.strategy=multi_worker", *QUICK)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, parent, (child,) = one_parent(tmp_path)  # one run for the two workers
+    assert child.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "loss")] == [1, 2]
+    (job,) = tmp_path.glob("multirun/*/*/.submitit/[0-9]*")
+    logs = [(job / f"{job.name}_{task}_log.out").read_text() for task in (0, 1)]  # Hydra logs to stdout
+    for task, log in enumerate(logs):
+        assert f"task_type = 'worker', task_id = {task}, num_workers = 2" in log
+        assert f"/job:worker/task:{task}/device:CPU:0" in log  # no phantom GPU
