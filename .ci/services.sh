@@ -115,9 +115,14 @@ start_slurm() {
 
 stop_slurm() {
     local f
+    local pids=()
     for f in slurmd slurmctld; do
-        [ -f "$STATE/slurm/$f.pid" ] && kill "$(cat "$STATE/slurm/$f.pid")" 2>/dev/null || true
+        [ -f "$STATE/slurm/$f.pid" ] && pids+=("$(cat "$STATE/slurm/$f.pid")")
     done
+    [ ${#pids[@]} -eq 0 ] && return 0
+    kill "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 40); do kill -0 "${pids[@]}" 2>/dev/null || return 0; sleep 0.25; done  # a restart must not find them
+    die "slurm daemons ${pids[*]} did not stop within 10s"
     # munged stays: cheap, and other users of this machine may rely on it
 }
 
