@@ -121,7 +121,12 @@ stop_slurm() {
     done
     [ ${#pids[@]} -eq 0 ] && return 0
     kill "${pids[@]}" 2>/dev/null || true
-    for _ in $(seq 40); do kill -0 "${pids[@]}" 2>/dev/null || return 0; sleep 0.25; done  # a restart must not find them
+    for _ in $(seq 40); do  # a restart must not find them still there
+        local alive=0 p
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ $alive -eq 0 ] && return 0
+        sleep 0.25
+    done
     die "slurm daemons ${pids[*]} did not stop within 10s"
     # munged stays: cheap, and other users of this machine may rely on it
 }
