@@ -71,6 +71,8 @@ class SweepCallback(Callback):
         from runner import tracking
 
         keys = varying(config.hydra.overrides.task)
+        # jobs that could not end their runs (their store was unreachable then) end now, before the table
+        tracking.close_dead_runs(tracking.experiment(config.mlflow, config.hydra.runtime.cwd))
         rows = tracking.sweep_rows(self.parent, self.hashes)
         for row in rows:  # show what differs between the jobs
             row["overrides"] = differing(row["overrides"].split(), keys)

@@ -1,5 +1,6 @@
 """The MLflow stage: where runs go, what each run records, and the per-epoch callback."""
 
+import json
 import os
 import re
 import socket
@@ -64,12 +65,35 @@ def start_run(cfg, cwd, run_name, tags, resume=None):
                 mlflow.log_params(params(cfg), synchronous=True)
             yield run
         except BaseException as error:
-            mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
             status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-            mlflow.end_run(RunStatus.to_string(getattr(RunStatus, status)))
+            _end(run.info.run_id, status, f"{type(error).__name__}: {error}"[:5000], tags.get("runner.output_dir"))
             raise
         finally:
             mlflow.flush_async_logging()
+
+
+UNENDED = "mlflow-unended.json"  # in a run's output directory: the ending its store could not be told
+
+
+def _end(run_id, status, message, output_dir):
+    """End the active run `status` with `message` as its error tag. When the store cannot be reached
+    (MLflow's retries spent), the run would stay RUNNING there: leave the ending in the run's output
+    directory, for the next `close_dead_runs` on this machine to apply, and say so."""
+    try:
+        mlflow.set_tag("error", message)
+        mlflow.end_run(status)
+        return
+    except Exception as unreachable:
+        if mlflow.active_run() is not None:
+            try:
+                mlflow.end_run(status)  # leaves MLflow's active-run stack, even when the store refuses
+            except Exception:
+                pass
+        cause = f"{type(unreachable).__name__}: {str(unreachable)[:300]}"
+    if output_dir and Path(output_dir).is_dir():
+        Path(output_dir, UNENDED).write_text(json.dumps({"run_id": run_id, "status": status, "error": message}))
+    print(f"runner: could not mark run {run_id} {status} in {mlflow.get_tracking_uri()} ({cause}); it shows RUNNING "
+          f"there until the next runner on this machine reaches it and ends it {status}", file=sys.stderr)
 
 
 def start_parent(experiment_id, name, sweep_dir, tags):
@@ -173,6 +197,15 @@ def close_dead_runs(experiment_id):
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
         tags = run.data.tags
         if tags.get("runner.host") != host or not tags.get("runner.pid", "").isdigit():
+            continue
+        unended = Path(tags.get("runner.output_dir", "/nonexistent"), UNENDED)
+        if unended.is_file():  # its process could not reach the store to end it (see _end)
+            ending = json.loads(unended.read_text())
+            client.set_tag(run.info.run_id, "error", ending["error"])
+            client.set_terminated(run.info.run_id, ending["status"])
+            unended.unlink()
+            print(f"runner: run {run.info.run_id} ended {ending['status']} now: its process could not reach "
+                  f"the tracking server then ({ending['error'][:200]})", file=sys.stderr)
             continue
         if _alive(int(tags["runner.pid"])):
             continue

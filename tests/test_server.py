@@ -187,3 +187,39 @@ def test_a_server_killed_mid_sweep_and_restarted_loses_nothing_and_leaves_nothin
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
         assert steps == list(range(1, len(steps) + 1)) and len(steps) >= len(saved["history"]) - 1, steps
     assert proc.returncode == (0 if set(status.values()) == {"FINISHED"} else 1), err[-3000:]
+
+
+def test_a_run_whose_server_stays_away_is_ended_failed_by_the_next_runner_that_reaches_it(tmp_path, server):
+    from runner.tracking import UNENDED
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
+    # a retry budget of ~1 s, so the outage outlasts it
+    job = subprocess.Popen([sys.executable, "-m", "runner", "loop.epochs=200", *TINY, f"hydra.run.dir={tmp_path / 'run'}"],
+                           cwd=tmp_path, env={**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+                                              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while True:
+        client, _, runs = children(server.uri)
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 2:
+            break
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+        time.sleep(0.3)
+    run_id = runs[0].info.run_id
+    server.stop(signal.SIGKILL)
+    _, err = job.communicate(timeout=180)
+    assert job.returncode != 0
+    assert f"runner: could not mark run {run_id} FAILED in {server.uri}" in err
+    assert (tmp_path / "run" / UNENDED).is_file()  # the ending it could not send
+
+    server.start()
+    assert client.get_run(run_id).info.status == "RUNNING"  # all the store knows: the defect being repaired
+    again = subprocess.run([sys.executable, "-m", "runner", "loop.epochs=1", *TINY], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"runner: run {run_id} ended FAILED now: its process could not reach the tracking server" in again.stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and "Max retries exceeded" in run.data.tags["error"]
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "loss"))
+    assert steps == list(range(1, len(steps) + 1))  # what was stored is whole, each epoch once
+    assert not (tmp_path / "run" / UNENDED).exists()
