@@ -3,13 +3,14 @@ PYTHON ?= python
 PORT ?= 5000
 SERVER_PORT ?= 5001
 
-.PHONY: help install run sweep ui server test test-fast bench
+.PHONY: help install run sweep ui server server-postgres test test-fast bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-install: ## install runner and the test tools (system step first, as root: apt-get install -y graphviz chromium)
-	$(PYTHON) -m pip install '.[test]'
+install: ## install runner, the test tools and the cluster launchers; the system packages (SLURM, PostgreSQL, Graphviz, Chromium: root)
+	$(PYTHON) -m pip install '.[test,cluster]'
+	bash .ci/services.sh install
 
 run: ## train the default experiment (seed_cnn on the bundled digits) and log it to ./mlflow.db
 	runner
@@ -23,6 +24,12 @@ ui: ## the MLflow UI for ./mlflow.db on http://127.0.0.1:$(PORT) (localhost only
 server: ## an MLflow tracking server on http://127.0.0.1:$(SERVER_PORT), SQLite-backed (Ctrl-C stops it)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --host 127.0.0.1 --port $(SERVER_PORT) --workers 1 \
 		--backend-store-uri sqlite:///$(CURDIR)/mlflow-server.db --artifacts-destination $(CURDIR)/mlartifacts-server
+
+server-postgres: ## the same on PostgreSQL (PG_URI; default .ci/services.sh's), artifacts in ARTIFACTS, a 40-connection pool
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=20 MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW=20 \
+	exec mlflow server --host 127.0.0.1 --port $(SERVER_PORT) --workers 1 \
+		--backend-store-uri "$${PG_URI:-$$(bash .ci/services.sh start postgres)}" \
+		--artifacts-destination $(or $(ARTIFACTS),$(CURDIR)/mlartifacts-server)
 
 test: ## every test, the slow (real training) ones included
 	$(PYTHON) -m pytest

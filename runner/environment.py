@@ -38,7 +38,7 @@ def strategy(name):
         # Without GPUs, every logical CPU device: one on a plain machine, several where a test made them.
         return tf.distribute.MirroredStrategy(None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")])
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=_slurm_cluster())
     return tf.distribute.get_strategy()
 
 
@@ -49,3 +49,32 @@ def _set_threads(threads):
     except RuntimeError:  # a later job in the same worker process: already set when TF started
         pass
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def _slurm_cluster():
+    """In a SLURM job step of several tasks and without TF_CONFIG, the cluster SLURM describes: one
+    worker per task (SLURM_PROCID its index, ports from 8888 up); else None, TF_CONFIG's cluster."""
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or "1"
+    if "TF_CONFIG" in os.environ or int(tasks) < 2:
+        return None
+    gpus = len(tf.config.list_physical_devices("GPU"))  # the resolver would ask nvidia-smi, absent without GPUs
+    if gpus:
+        return tf.distribute.cluster_resolver.SlurmClusterResolver(gpus_per_node=gpus)
+    # Without GPUs the resolver divides by zero GPUs per task: give it a notional one each, then keep
+    # only the cluster and this task's place in it, with no accelerators.
+    slurm = tf.distribute.cluster_resolver.SlurmClusterResolver(gpus_per_node=2**16, gpus_per_task=1,
+                                                               auto_set_gpu=False)
+    spec = slurm.cluster_spec()  # also sets task_type and task_id
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        spec, task_type=slurm.task_type, task_id=slurm.task_id, num_accelerators={}, rpc_layer="grpc")
+
+
+def is_chief(strategy):
+    """Whether this process keeps the record (the MLflow run, the checkpoints): every process but a
+    non-chief worker of a multi-worker cluster, where the `chief` task, or without one worker 0, does."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    from tensorflow.python.distribute import multi_worker_util  # TF's own rule, also used by Keras
+
+    return multi_worker_util.is_chief(resolver.cluster_spec(), resolver.task_type, resolver.task_id)

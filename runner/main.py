@@ -98,6 +98,11 @@ def hydra_main(cfg):
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"runner: interrupted: {error}", file=sys.stderr)
+        if multirun and os.environ.get("SUBMITIT_EXECUTOR"):
+            # A SLURM job cancelled or out of time: its run is KILLED; returning lets submitit record
+            # the job as ended, so the sweep goes on with its other jobs (an exit leaves no result,
+            # and the launcher waits for one).
+            return None
         sys.exit(143 if isinstance(error, signals.Terminated) else 130)
     return results.get("val_accuracy", results["test_accuracy"])  # the objective a sweeper maximises
 
@@ -170,7 +175,12 @@ def _progress(index, overrides, env=os.environ):
 
 
 def _threads_per_job(hc):
-    """TensorFlow threads for one of n_jobs parallel jobs (joblib launcher): the cores, shared."""
+    """TensorFlow threads for one sweep job: the CPUs its launcher reserved for it (SLURM's
+    cpus_per_task, Ray's num_cpus), or for one of n_jobs parallel jobs (joblib) the cores, shared."""
+    for key in ("launcher.cpus_per_task", "launcher.ray.remote.num_cpus"):
+        cpus = OmegaConf.select(hc, key)
+        if isinstance(cpus, int) and cpus > 0:
+            return cpus
     n_jobs = OmegaConf.select(hc, "launcher.n_jobs")
     if not isinstance(n_jobs, int) or n_jobs in (0, 1):
         return None

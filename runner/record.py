@@ -7,6 +7,7 @@ TensorFlow here, so the store can be opened before (or while) it imports.
 """
 
 import fcntl
+import json
 import os
 import re
 import socket
@@ -26,6 +27,12 @@ from runner.errors import ConfigError
 from runner.redact import redact, redact_override, redact_tree, redact_uri
 
 UI_PORT = 5000  # `make ui` and `mlflow ui` serve here
+UNENDED = "mlflow-unended.json"  # in a run's directory: the ending its store could not be told
+
+# The batch-loss curve is logged asynchronously; MLflow sends such batches from 10 threads by default,
+# so after a tracking server's outage 8 jobs fire ~80 requests at once and exhaust its database pool
+# (measured: 6 of 8 runs FAILED). One sender per job keeps the order and the burst to 2 requests a job.
+os.environ.setdefault("MLFLOW_ASYNC_LOGGING_THREADPOOL_SIZE", "1")
 REMOTE_NAMES = ("databricks", "databricks-uc", "uc")  # MLflow's bare tracking URIs that are not paths
 GROUPS = ("model", "model-style", "dataset", "optimizer", "loop", "experiment")
 
@@ -216,6 +223,15 @@ def close_dead_runs(experiment_id):
     Runs of other hosts, containers or boots are left to their own machine."""
     client = mlflow.MlflowClient()
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'"):
+        unended = Path(run.data.tags.get(Tag.OUTPUT_DIR, "/nonexistent"), UNENDED)
+        if unended.is_file():  # its process could not reach the store to end it (see `end`)
+            ending = json.loads(unended.read_text())
+            retry(client.set_tag, run.info.run_id, Tag.ERROR, ending["error"] or "")
+            if retry(client.set_terminated, run.info.run_id, ending["status"]) is not FAILED:
+                unended.unlink()
+                print(f"runner: run {run.info.run_id} ended {ending['status']} now: its process could not reach "
+                      f"the tracking store then", file=sys.stderr)
+            continue
         if owner_alive(run) is not False:
             continue
         then = (f"Run the sweep again with sweep.skip_finished=true to finish its missing points"
@@ -335,26 +351,44 @@ def started(cfg, experiment_id, run_name, tags, resume=None):
 
 def end(run_id, error=None):
     """End the active run `run_id` with the status `error` implies. Each write is retried; a write
-    that still fails (a locked or lost store) is reported and never stops the status from being set."""
+    that still fails (a locked or lost store) is reported and never stops the status from being set.
+    When the store cannot be reached at all, the ending waits in the run's directory (UNENDED) for
+    the next `close_dead_runs` on this machine."""
     retry(mlflow.flush_async_logging)  # batch losses queued in the background are stored first
-    if error is None:
-        status = "FINISHED"
-    else:
+    client, message = mlflow.MlflowClient(), None
+    status = "FINISHED"
+    if error is not None:
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-        client = mlflow.MlflowClient()
-        retry(client.set_tag, run_id, Tag.ERROR, redact_uri(f"{type(error).__name__}: {error}")[:5000])
-        note = retry(lambda: client.get_run(run_id).data.tags.get(Tag.NOTE))
-        if note:  # the description ends with how the run ended
-            retry(client.set_tag, run_id, Tag.NOTE, redact_uri(f"{note.rsplit(': ', 1)[0]}: {status}, {error}")[:5000])
+        message = redact_uri(f"{type(error).__name__}: {error}")[:5000]
+        retry(client.set_tag, run_id, Tag.ERROR, message)
         if not isinstance(error, (KeyboardInterrupt, ConfigError)):
             text = "".join(traceback.format_exception(error))
             retry(client.log_text, run_id, redact_uri(text), "error/traceback.txt")
-    try:
-        retry(mlflow.end_run, status)
-    finally:
-        stack = mlflow.tracking.fluent._active_run_stack.get()
-        if stack and stack[-1].info.run_id == run_id:  # never leave it active for the next job of this process
-            stack.pop()
+    ended = retry(client.set_terminated, run_id, status) is not FAILED
+    stack = mlflow.tracking.fluent._active_run_stack.get()
+    if stack and stack[-1].info.run_id == run_id:  # never leave it active for the next job of this process
+        try:
+            mlflow.end_run(status)  # also stops its system-metrics monitor
+        except Exception:
+            if stack and stack[-1].info.run_id == run_id:
+                stack.pop()
+    if not ended and run_id in _output_dirs:
+        Path(_output_dirs[run_id], UNENDED).write_text(json.dumps({"run_id": run_id, "status": status,
+                                                                   "error": message}))
+        print(f"runner: run {run_id} shows RUNNING in its store until the next runner on this machine ends it "
+              f"{status}", file=sys.stderr)
+
+
+_output_dirs = {}  # run id -> its own directory, for an ending the store could not be told
+
+
+def set_output_dir(run_id, path):
+    """Tag the run with its own directory (resume finds its checkpoint there)."""
+    _output_dirs[run_id] = str(path)
+    mlflow.MlflowClient().set_tag(run_id, Tag.OUTPUT_DIR, str(path))
+
+
+FAILED = object()  # what retry returns when every try failed
 
 
 RETRY_PAUSE = 0.5  # seconds before the second try; doubles, 3.5 s in all over four tries
@@ -371,7 +405,7 @@ def retry(fn, *args, tries=4):
             if attempt == tries - 1:
                 print(f"runner: could not record {fn.__name__}{args[:2]} in MLflow: {redact_uri(str(error))}",
                       file=sys.stderr)
-                return None
+                return FAILED
             time.sleep(pause * 2**attempt)
 
 

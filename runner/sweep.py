@@ -84,6 +84,8 @@ class SweepCallback(Callback):
         from runner import record
 
         try:
+            # jobs that could not end their runs (their store was unreachable then) end now, before the table
+            record.close_dead_runs(record.open_store(config.mlflow, config.hydra.runtime.cwd))
             rows = sweep_rows(self.parent, self.hashes, varying(config.hydra.overrides.task), self.skip_finished)
             table = leaderboard(rows)
             failed = sum(r["status"] not in ("FINISHED", "SKIPPED") for r in rows)

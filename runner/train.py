@@ -7,8 +7,11 @@ record (identity, tags, output directory, resume and skip decisions) lives in
 tests and the sweep preflight call too.
 """
 
+import atexit
+import shutil
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -42,6 +45,8 @@ def run(cfg, job=None, **fields):
     from runner import environment, record, tracking  # imports TensorFlow
 
     strategy = environment.setup(plan.cfg.loop, job.threads)  # before any other TensorFlow work
+    if not environment.is_chief(strategy):
+        plan, job = off_the_record(plan, job)
     tracking.system_metrics(plan.cfg.mlflow)  # MLflow starts its monitor with the run
     with record.started(plan.cfg, plan.experiment_id, plan.run_name, plan.tags, resume=plan.cfg.resume) as active:
         started = time.perf_counter()
@@ -81,6 +86,7 @@ def plan_record(cfg, graph, job):
     if cfg.resume:
         previous = record.resumable_run(cfg.resume, job.overrides)
         out = Path(previous.data.tags[record.Tag.OUTPUT_DIR])
+        record.set_output_dir(cfg.resume, out)
         cfg = config.load(out / "config.yaml", resume=cfg.resume, mlflow=cfg.mlflow, loop={"verbose": cfg.loop.verbose})
         tags = {record.Tag.RESUMED_WITH: " ".join(record.redact_override(o) for o in job.overrides)}
         return Plan(*checked(cfg, job.cwd), experiment_id, None, tags, output_dir=out)
@@ -102,7 +108,7 @@ def own_directory(cfg, job, run_id):
     path = out / "config.yaml"
     path.touch(mode=0o600)  # it may hold secrets that the record masks: readable by its owner only
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    record.mlflow.set_tag(record.Tag.OUTPUT_DIR, str(out))
+    record.set_output_dir(run_id, out)
     return out
 
 
@@ -125,6 +131,19 @@ def checked(cfg, cwd, failed_run=None):
             run_name, tags = record.identity(failed_run.choices, failed_run.overrides, None, parent)
             record.record_failure(experiment_id, run_name, tags, error)
         raise
+
+
+def off_the_record(plan, job):
+    """A non-chief worker of a multi-worker cluster trains in step but records nothing shared: its
+    MLflow calls go to a store of its own, deleted at exit, and its checkpoints to that scratch."""
+    if plan.output_dir is not None:
+        raise config.ConfigError("resume: a multi-worker run cannot be resumed yet; start it again.")
+    throwaway = tempfile.mkdtemp(prefix="runner-worker-")
+    atexit.register(shutil.rmtree, throwaway, ignore_errors=True)
+    cfg = plan.cfg.copy()
+    cfg.mlflow.tracking_uri = f"sqlite:///{throwaway}/mlflow.db"
+    job = replace(job, output_root=throwaway, multirun=False)
+    return plan_record(cfg, plan.graph, job), job
 
 
 def prepare(cfg, graph, strategy=None, resume_from=None, run_id=None):

@@ -37,3 +37,35 @@ def mnist_path():
     if not MNIST.is_file():
         pytest.skip(f"real MNIST not found at {MNIST} (see shared/data/README.md)")
     return MNIST
+
+
+SERVICES = Path(__file__).resolve().parents[1] / ".ci" / "services.sh"
+
+
+def start_service(name):
+    """`.ci/services.sh start <name>` (slurm, postgres) -> what it prints (the partition, the URI).
+
+    The packages come from `.ci/services.sh install` (run by .ci/run); where a service cannot
+    start here (no root, not installed), the test is skipped with the script's reason.
+    """
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip(f"{name}: .ci/services.sh runs the daemons as root; this is uid {os.geteuid()}")
+    done = subprocess.run(["bash", str(SERVICES), "start", name], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        pytest.skip(f"{name} did not start: {done.stderr.strip()[-500:]}")
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A single-node SLURM cluster on localhost (munged, slurmctld, slurmd); returns its partition."""
+    return start_service("slurm")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server on 127.0.0.1 with a database for MLflow; returns its URI."""
+    return start_service("postgres")

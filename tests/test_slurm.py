@@ -1,0 +1,100 @@
+"""Sweeps through submitit: real sbatch jobs on the single-node SLURM cluster of .ci/services.sh, and
+submitit's local executor. A cancelled job is a KILLED run with its checkpoint, and resumes."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_sweep import QUICK, family, sweep
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs pip install '.[cluster]'")
+
+
+def one_parent(cwd):
+    client, families, runs = family(cwd)
+    ((parent_id, children),) = families.items()
+    return client, runs[parent_id], children
+
+
+def test_a_sweep_through_sbatch_lands_nested_finished_runs(tmp_path, slurm):
+    done = sweep(tmp_path, "hydra/launcher=slurm", "optimizer=adam,sgd,rmsprop,adamw", *QUICK)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, parent, children = one_parent(tmp_path)
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    assert parent.info.status == "FINISHED" and "4 of 4 jobs FINISHED" in done.stdout
+    for child in children:  # every epoch's point arrived from the SLURM job
+        for key in ("loss", "val_accuracy"):
+            assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [1, 2], key
+    # they ran as one SLURM array of 4 tasks, each a job with its own submitit result
+    (submitit,) = tmp_path.glob("multirun/*/*/.submitit")
+    results = sorted(p.parent.name for p in submitit.glob("*/*_result.pkl"))
+    assert len(results) == 4 and len({r.split("_")[0] for r in results}) == 1, results
+    assert {c.data.tags["runner.pid"] for c in children}.isdisjoint({str(os.getpid())})
+
+
+def wait_for(pattern, cwd, proc, timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = list(Path(cwd).glob(pattern))
+        if found:
+            return found[0]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError(f"nothing matched {pattern} within {timeout} s")
+
+
+def test_scancel_ends_the_run_killed_with_its_checkpoint_and_resume_finishes_it(tmp_path, slurm):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    epochs = 30
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "-m", "hydra/launcher=slurm", f"loop.epochs={epochs}", "loop.verbose=0",
+         "mlflow.log_model=false"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    wait_for("multirun/*/*/0/checkpoints/last.json", tmp_path, proc)
+    (job_dir,) = tmp_path.glob("multirun/*/*/.submitit/[0-9]*")
+    subprocess.run(["scancel", job_dir.name], check=True, timeout=30)  # SIGTERM to the job's processes
+    out, err = proc.communicate(timeout=180)  # the sweep goes on and ends: it does not wait forever
+    assert proc.returncode == 1, err[-3000:]
+    assert "0 of 1 jobs FINISHED, 1 not" in out
+    client, parent, (child,) = one_parent(tmp_path)
+    assert child.info.status == "KILLED", child.data.tags
+    assert child.data.tags["error"] == "Terminated: terminated by SIGTERM"
+    done_epochs = len(client.get_metric_history(child.info.run_id, "loss"))
+    assert 1 <= done_epochs < epochs
+    assert list(tmp_path.glob("multirun/*/*/0/checkpoints/last.keras"))
+    log = next(job_dir.glob("*_log.err")).read_text()
+    assert "CANCELLED" in log and "runner: interrupted: terminated by SIGTERM" in log
+
+    resumed = subprocess.run([sys.executable, "-m", "runner", f"resume={child.info.run_id}"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = client.get_run(child.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, epochs + 1))
+
+
+def test_a_sweep_on_submitits_local_executor(tmp_path):
+    done = sweep(tmp_path, "hydra/launcher=submitit_local", "optimizer=adam,sgd", *QUICK)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, parent, children = one_parent(tmp_path)
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    assert parent.info.status == "FINISHED"
+
+
+def test_one_slurm_job_of_two_tasks_is_one_multi_worker_training(tmp_path, slurm):
+    # Without TF_CONFIG, the runner reads the cluster from SLURM_* (SlurmClusterResolver): task 0 is the chief.
+    done = sweep(tmp_path, "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2", "loop=custom",
+                 "loop.strategy=multi_worker", *QUICK)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, parent, (child,) = one_parent(tmp_path)  # one run for the two workers
+    assert child.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "loss")] == [1, 2]
+    (job,) = tmp_path.glob("multirun/*/*/.submitit/[0-9]*")
+    logs = [(job / f"{job.name}_{task}_log.out").read_text() for task in (0, 1)]  # Hydra logs to stdout
+    for task, log in enumerate(logs):
+        assert f"task_type = 'worker', task_id = {task}, num_workers = 2" in log
+        assert f"/job:worker/task:{task}/device:CPU:0" in log  # no phantom GPU
