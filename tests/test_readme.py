@@ -22,9 +22,9 @@ MNIST = README.parents[1] / "shared" / "data" / "mnist.npz"
 SHORT = ["loop.epochs=1", "dataset.limit=256", "loop.verbose=0"]
 # Commands run elsewhere, with the real engine they need.
 SKIP = {
-    "hydra/launcher=slurm": "tests/test_cluster.py runs SLURM sweeps on a real slurmctld",
-    "hydra/launcher=ray": "tests/test_cluster.py runs Ray sweeps on a real Ray head",
-    "loop.strategy=multi_worker": "tests/test_cluster.py runs two TF workers on 127.0.0.1",
+    "hydra/launcher=slurm": "tests/test_slurm.py runs SLURM sweeps on a real slurmctld",
+    "hydra/launcher=ray": "tests/test_ray.py runs Ray sweeps on a real Ray head",
+    "loop.strategy=multi_worker": "tests/test_multi_worker.py runs two TF workers on 127.0.0.1",
     "mlflow.example": "a placeholder host",
 }
 
