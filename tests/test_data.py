@@ -221,6 +221,7 @@ def test_train_pipeline_order_depends_only_on_seed_and_epoch():
     assert sorted(sum(labels[0:2], [])) == list(range(10))
 
 
+@pytest.mark.slow  # a subprocess CLI run: the fast suite keeps the in-process twin
 def test_cli_trains_an_npz_given_only_its_path(tmp_path):
     arrays = good_arrays(40)
     arrays["x_train"] = np.kron(arrays["x_train"], np.ones((1, 2, 2), np.uint8))  # 8x8: room for seed_cnn's convolutions

@@ -50,6 +50,7 @@ def wait_for_checkpoint(cwd, proc, timeout=120):
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow  # a subprocess CLI run: the fast suite keeps the in-process twin
 def test_cli_diverging_run_exits_3(tmp_path):
     proc = start([*DIVERGE, "loop.verbose=0"], tmp_path)
     _, err = proc.communicate(timeout=300)

@@ -25,6 +25,7 @@ def family(cwd):
                     for p in parents}, {r.info.run_id: r for r in runs}
 
 
+@pytest.mark.slow  # a subprocess CLI run: the fast suite keeps the in-process twin
 def test_sweep_is_one_parent_with_nested_jobs_and_a_leaderboard(tmp_path):
     done = sweep(tmp_path, "model-style=sequential,subclass", "optimizer=adam,sgd", *QUICK)
     assert done.returncode == 0, done.stderr
@@ -55,6 +56,7 @@ def test_preflight_reports_a_broken_point_before_any_job(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow  # a subprocess CLI run: the fast suite keeps the in-process twin
 def test_a_failing_job_is_recorded_and_the_others_finish(tmp_path):
     done = sweep(tmp_path, "model=seed_cnn,resnet_small", "model-style=sequential", "sweep.preflight=false", *QUICK)
     assert done.returncode == 1
@@ -211,7 +213,10 @@ def test_an_error_in_the_end_of_sweep_callback_does_not_leave_the_parent_running
 
     monkeypatch.setattr(sweep_module, "sweep_rows", broken)
     with pytest.raises(RuntimeError):
-        callback.on_multirun_end(OmegaConf.create({"hydra": {"overrides": {"task": ["a=1,2"]}}}))
+        callback.on_multirun_end(OmegaConf.create({
+            "hydra": {"overrides": {"task": ["a=1,2"]}, "runtime": {"cwd": "."}},
+            "mlflow": {"tracking_uri": store, "experiment_name": "runner"},
+        }))
     parent = MlflowClient().get_run(parent_id)
     assert parent.info.status == "FAILED" and "store went away" in parent.data.tags["error"]
 

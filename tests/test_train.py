@@ -64,6 +64,7 @@ def cli(*args, cwd, **env):
     )
 
 
+@pytest.mark.slow  # a subprocess CLI run: the fast suite keeps the in-process twin
 def test_cli_multirun_three_styles_same_parameters(tmp_path):
     done = cli(
         "-m", "model-style=sequential,functional,subclass", "loop.epochs=1", "dataset.limit=400", cwd=tmp_path
@@ -89,6 +90,7 @@ def test_cli_config_error_is_one_line_and_status_2(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # a subprocess CLI run: the fast suite keeps the in-process twin
 def test_users_config_dir_adds_a_model(tmp_path):
     (tmp_path / "my_conf" / "model").mkdir(parents=True)
     (tmp_path / "my_conf" / "model" / "tiny.yaml").write_text(
