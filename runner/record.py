@@ -33,6 +33,8 @@ UNENDED = "mlflow-unended.json"  # in a run's directory: the ending its store co
 # so after a tracking server's outage 8 jobs fire ~80 requests at once and exhaust its database pool
 # (measured: 6 of 8 runs FAILED). One sender per job keeps the order and the burst to 2 requests a job.
 os.environ.setdefault("MLFLOW_ASYNC_LOGGING_THREADPOOL_SIZE", "1")
+# MLflow prints "View run ... at: <tracking URI>" for a server, password included: the runner prints its own link.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 REMOTE_NAMES = ("databricks", "databricks-uc", "uc")  # MLflow's bare tracking URIs that are not paths
 GROUPS = ("model", "model-style", "dataset", "optimizer", "loop", "experiment")
 

@@ -45,9 +45,9 @@ def test_two_workers_train_like_one_on_the_same_global_batch_and_only_the_chief_
     client, found = runs(uri)
     assert len(found) == 1 and found[0].info.status == "FINISHED"  # one run: the chief's (worker 0)
     run = found[0]
-    assert run.data.tags["runner.output_dir"] == str(tmp_path / "w0")
-    assert (tmp_path / "w0" / "checkpoints" / "last.keras").is_file()
-    assert not (tmp_path / "w1" / "checkpoints").exists()  # worker 1 checkpointed in its scratch directory
+    assert run.data.tags["runner.output_dir"] == str(tmp_path / "w0" / f"run-{run.info.run_id}")
+    assert list((tmp_path / "w0").glob("run-*/checkpoints/epoch-*/model.weights.h5"))
+    assert not list((tmp_path / "w1").glob("run-*"))  # worker 1 checkpointed in its scratch directory
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
 
     single = f"sqlite:///{tmp_path / 'single.db'}"

@@ -7,6 +7,7 @@ README's placeholders. A command that needs a cluster is run by its own test
 this test.
 """
 
+import os
 import re
 import shlex
 import subprocess
@@ -52,26 +53,44 @@ def test_readme_command_runs(command, tmp_path):
     reason = next((why for key, why in SKIP.items() if key in command), None)
     if reason:
         pytest.skip(reason)
-    words = shlex.split(command)
-    env_words = [w for w in words if re.match(r"^[A-Z_]+=", w)]
-    words = [w for w in words if w not in env_words][1:]
-    if "..." in words:
-        words.remove("...")
-    words = [_local(w, tmp_path) for w in words]
-    if any("dataset=mnist" == w or "experiment=seed_mnist" == w for w in words) and not any(
-            w.startswith("dataset.path=") for w in words):
-        words.append(f"dataset.path={_mnist()}")
-    extra = list(SHORT)
-    if "hydra/sweeper=tune" in words:
-        extra.append("hydra.sweeper.n_trials=2")
-    env = {k: v for k, v in (w.split("=", 1) for w in env_words)}
-    import os
-
-    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    done = subprocess.run([sys.executable, "-m", "runner", *words, *extra], cwd=tmp_path,
-                          env={**environment, **env}, capture_output=True, text=True, timeout=600)
+    words = shlex.split(re.sub(r"<[^>]*>", "<id>", command))  # `<run id>`: one placeholder word
+    env = dict(w.split("=", 1) for w in words if re.match(r"^[A-Z_]+=", w))
+    words = [w for w in words[len(env) + 1:] if w not in ("...", "[...]")]
+    if "<id>" in words:  # run ids: two real runs made here first
+        ids = _two_runs(tmp_path)
+        words = [ids.pop(0) if w == "<id>" else w for w in words]
+        extra = []
+    else:
+        words = [_local(w, tmp_path) for w in words]
+        if any(w in ("dataset=mnist", "experiment=seed_mnist") for w in words) and not any(
+                w.startswith("dataset.path=") for w in words):
+            words.append(f"dataset.path={_mnist()}")
+        extra = ["loop.epochs=1", "loop.verbose=0"]
+        if any("mnist" in w for w in words):
+            extra.append("dataset.limit=2000")  # MNIST is the one large data set the README names
+        if "hydra/sweeper=tune" in words:
+            extra.append("hydra.sweeper.n_trials=2")
+    done = _runner([*words, *extra], tmp_path, env)
     assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
-    assert "MLflow run " in done.stdout or "jobs FINISHED" in done.stdout
+    if words[0] not in ("compare", "reproduce"):
+        assert "MLflow run " in done.stdout or "jobs FINISHED" in done.stdout
+
+
+def _runner(args, cwd, env=None):
+    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env={**environment, **(env or {})},
+                          capture_output=True, text=True, timeout=600)
+
+
+def _two_runs(cwd):
+    """The ids of two real runs in the store of `cwd` (what `runner compare` and `reproduce` take)."""
+    for lr in ("0.001", "0.01"):
+        assert _runner(["loop.epochs=1", "loop.verbose=0", f"optimizer.learning_rate={lr}"], cwd).returncode == 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    return [r.info.run_id for r in runs]
 
 
 def _mnist():
@@ -81,15 +100,26 @@ def _mnist():
 
 
 def _local(word, tmp_path):
-    """README placeholders -> files on this machine: MNIST where it names MNIST, a generated .npz
-    (of the shape the command says) where it names the user's own file."""
+    """README placeholders -> data on this machine: MNIST where it names MNIST, else a small generated
+    file of the kind the command names (.npz, .csv, or a folder of class folders of PNGs)."""
     key, _, value = word.partition("=")
     if key != "dataset.path":
         return word
     if "mnist" in value:
         return f"dataset.path={_mnist()}"
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (300, 32, 32, 3), dtype=np.uint8)
-    y = (np.arange(300) % 5).astype(np.uint8)
-    np.savez(tmp_path / Path(value).name, x_train=x[:250], y_train=y[:250], x_test=x[250:], y_test=y[250:])
-    return f"dataset.path={Path(value).name}"
+    target = tmp_path / value
+    if value.endswith(".csv"):
+        rows = [f"{rng.normal(i % 3, 0.3):.3f},{'abc'[i % 3]},{i % 3}\n" for i in range(300)]
+        target.write_text("size,colour,label\n" + "".join(rows))
+    elif value.endswith("/"):
+        from PIL import Image
+
+        for i in range(60):
+            (target / f"class{i % 3}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(target / f"class{i % 3}" / f"{i}.png")
+    else:
+        x = rng.integers(0, 256, (400, 32, 32, 3), dtype=np.uint8)
+        y = (np.arange(400) % 5).astype(np.uint8)
+        np.savez(target, x_train=x[:340], y_train=y[:340], x_test=x[340:], y_test=y[340:])
+    return word

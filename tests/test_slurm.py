@@ -54,7 +54,7 @@ def test_scancel_ends_the_run_killed_with_its_checkpoint_and_resume_finishes_it(
         [sys.executable, "-m", "runner", "-m", "hydra/launcher=slurm", f"loop.epochs={epochs}", "loop.verbose=0",
          "mlflow.log_model=false"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    wait_for("multirun/*/*/0/checkpoints/last.json", tmp_path, proc)
+    wait_for("multirun/*/*/0/run-*/checkpoints/state.json", tmp_path, proc)
     (job_dir,) = tmp_path.glob("multirun/*/*/.submitit/[0-9]*")
     subprocess.run(["scancel", job_dir.name], check=True, timeout=30)  # SIGTERM to the job's processes
     out, err = proc.communicate(timeout=180)  # the sweep goes on and ends: it does not wait forever
@@ -65,7 +65,7 @@ def test_scancel_ends_the_run_killed_with_its_checkpoint_and_resume_finishes_it(
     assert child.data.tags["error"] == "Terminated: terminated by SIGTERM"
     done_epochs = len(client.get_metric_history(child.info.run_id, "loss"))
     assert 1 <= done_epochs < epochs
-    assert list(tmp_path.glob("multirun/*/*/0/checkpoints/last.keras"))
+    assert list(tmp_path.glob("multirun/*/*/0/run-*/checkpoints/epoch-*/model.weights.h5"))
     log = next(job_dir.glob("*_log.err")).read_text()
     assert "CANCELLED" in log and "runner: interrupted: terminated by SIGTERM" in log
 
@@ -88,7 +88,7 @@ def test_a_sweep_on_submitits_local_executor(tmp_path):
 def test_one_slurm_job_of_two_tasks_is_one_multi_worker_training(tmp_path, slurm):
     # Without TF_CONFIG, the runner reads the cluster from SLURM_* (SlurmClusterResolver): task 0 is the chief.
     done = sweep(tmp_path, "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2", "loop=custom",
-                 "loop.strategy=multi_worker", *QUICK)
+                 "loop.strategy=multi_worker", *QUICK, RUNNER_VERBOSE="1")  # TensorFlow's cluster lines
     assert done.returncode == 0, done.stderr[-3000:]
     client, parent, (child,) = one_parent(tmp_path)  # one run for the two workers
     assert child.info.status == "FINISHED"

@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 QUICK = ["loop.epochs=2", "dataset.limit=300", "loop.verbose=0", "mlflow.log_model=false"]
 
 
-def sweep(cwd, *args):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+def sweep(cwd, *args, **extra_env):
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **extra_env}
     return subprocess.run([sys.executable, "-m", "runner", "-m", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 
