@@ -142,6 +142,11 @@ def validate(cfg: DictConfig) -> Graph:
     _one_of("dataset.name", cfg.dataset.name, DATASETS, "dataset")
     _one_of("loop.precision", cfg.loop.precision, PRECISIONS, "loop.precision")
     _one_of("loop.strategy", cfg.loop.strategy, STRATEGIES, "loop.strategy")
+    if cfg.loop.strategy == "multi_worker" and cfg.loop.name == "fit":
+        raise ConfigError(  # Keras 3.15: "Attempt to convert a value (PerReplica...) to a Tensor" before step 1
+            "loop.strategy: multi_worker does not work with loop=fit in this Keras; use loop=custom "
+            "(the same callbacks, metrics and record)."
+        )
     _one_of("dataset.cache", cfg.dataset.cache, CACHES, "dataset.cache")
     for key in ("loop.epochs", "loop.batch_size", "dataset.num_classes"):
         value = OmegaConf.select(cfg, key)

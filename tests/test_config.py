@@ -79,6 +79,7 @@ def test_experiment_preset_overlays_groups(make_cfg):
         ("+model.loss.reduction=3", r"model.loss: argument 'reduction' of keras.losses.SparseCategoricalCrossentropy"),
         ("dataset.num_classes=0", r"dataset.num_classes: must be a positive integer, got 0"),
         ("loop.strategy=mirored", r"loop.strategy: unknown value 'mirored'.*Did you mean 'mirrored'"),
+        ("loop.strategy=multi_worker", r"loop.strategy: multi_worker does not work with loop=fit .*use loop=custom"),
         ("loop.precision=bf16", r"loop.precision: unknown value 'bf16'; choose one of \['float32', 'mixed_bfloat16'"),
     ],
 )
