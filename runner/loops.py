@@ -7,7 +7,6 @@ the metric names `loss`, `accuracy`, `val_loss`, `val_accuracy` per epoch, and
 
 import itertools
 import math
-import os
 
 import keras
 import tensorflow as tf

@@ -16,10 +16,9 @@ import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import mlflow
-from mlflow.entities import RunStatus
 from omegaconf import OmegaConf
 
 from runner import signals
@@ -236,7 +235,7 @@ def close_dead_runs(experiment_id):
             continue
         if owner_alive(run) is not False:
             continue
-        then = (f"Run the sweep again with sweep.skip_finished=true to finish its missing points"
+        then = ("Run the sweep again with sweep.skip_finished=true to finish its missing points"
                 if Tag.SWEEP_PARENT in run.data.tags else f"Continue it with: runner resume={run.info.run_id}")
         message = (f"the process (pid {run.data.tags[Tag.PID]}) ended without closing the run: killed with SIGKILL, "
                    f"or the machine went down. {then}")

@@ -47,8 +47,6 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs):
         import hydra
 
-        from runner import train
-
         overrides = list(config.hydra.overrides.task)
         cwd = config.hydra.runtime.cwd
         grid = "basic" in str(config.hydra.sweeper.get("_target_", "")).lower()

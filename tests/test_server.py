@@ -8,14 +8,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from test_sweep import free_port
+from test_sweep import free_port, wait_healthy
 
 pytestmark = pytest.mark.slow
 psutil = pytest.importorskip("psutil")
@@ -57,15 +56,7 @@ class Server:
              f"ARTIFACTS={self.artifacts}", f"PYTHON={sys.executable}"],
             stdout=subprocess.DEVNULL, stderr=self.log.open("a"), start_new_session=True,
         )
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.uri}/health", timeout=1)
-                return
-            except OSError:
-                assert time.monotonic() < deadline and self.proc.poll() is None, \
-                    f"the MLflow server did not start: {self.log.read_text()[-2000:]}"
-                time.sleep(0.5)
+        wait_healthy(self.uri, self.proc, 90, lambda: f"the MLflow server did not start: {self.log.read_text()[-2000:]}")
 
     def processes(self):
         try:

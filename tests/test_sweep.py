@@ -102,11 +102,24 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_healthy(uri, proc, seconds, why):
+    """Until the MLflow server at `uri` answers /health; fails with why() if `proc` ends or time runs out."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=1)
+            return
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None, why()
+            time.sleep(0.5)
+
+
 @pytest.mark.slow
 def test_sweep_logs_to_a_real_tracking_server(tmp_path):
     import signal
-    import time
-    import urllib.request
 
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -118,14 +131,7 @@ def test_sweep_logs_to_a_real_tracking_server(tmp_path):
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "server did not start"
-                time.sleep(0.5)
+        wait_healthy(uri, server, 60, lambda: "server did not start")
         secret_uri = f"http://bob:hunter4@127.0.0.1:{port}"  # credentials in the URI: used, never recorded
         done = subprocess.run(
             [sys.executable, "-m", "runner", "-m", "optimizer=adam,sgd", *QUICK], cwd=tmp_path,

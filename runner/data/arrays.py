@@ -76,7 +76,7 @@ def read_keras(name):
     return dict(zip(KEYS, (x_train, y_train, x_test, y_test)))
 
 
-def labels(y, name, loss_hint=True):
+def labels(y, name):
     """`y` as int32 class indices, or a ConfigError naming what it holds instead."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
