@@ -3,7 +3,7 @@ PYTHON ?= python
 PORT ?= 5000
 SERVER_PORT ?= 5001
 
-.PHONY: help install run sweep ui server server-postgres test test-fast bench
+.PHONY: help install run sweep ui server server-postgres test test-fast bench bench-quick
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ test: ## every test, the slow (real training) ones included
 test-fast: ## the fast tests only (under about 3 minutes)
 	$(PYTHON) -m pytest -m "not slow"
 
-bench: ## the benchmarks against plain Keras (about 14 minutes; needs ../shared/data/mnist.npz)
+bench: ## the benchmarks against plain Keras and their targets (under 15 minutes; needs ../shared/data/mnist.npz)
 	$(PYTHON) bench/bench.py
 	$(PYTHON) bench/data_memory.py  # image_folder peak RSS at 2,000 and 20,000 images (1 minute)
+
+bench-quick: ## every benchmark section at CI size (a few minutes): checks that they run, the figures are rough
+	$(PYTHON) bench/bench.py --quick --report bench/quick.md

@@ -1,6 +1,7 @@
 """Benchmarks: the runner against what a person would write by hand, side by side in one run.
 
-    python bench/bench.py               # everything (make bench), about 14 minutes on 2 cores
+    python bench/bench.py               # everything (make bench), under 15 minutes on 2 cores
+    python bench/bench.py --quick       # every section at CI size (about 3 minutes): it runs, figures are rough
     python bench/bench.py loops epoch   # some sections
 
 Every figure is a median over alternating repeats, reported with its ratio to
@@ -12,6 +13,7 @@ to bench/latest.md.
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -112,14 +114,27 @@ def child(args):
 
 
 def wall(args, env=None):
-    """(wall seconds, peak RSS bytes) of a command."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(f"{args} failed: {proc.stderr.read()[-2000:]}")
-    return time.perf_counter() - started, usage.ru_maxrss * 1024
+    """(wall seconds, peak RSS bytes) of a command that must succeed."""
+    return command(args, env)[:2]
+
+
+def command(args, env=None):
+    """(wall seconds, peak RSS bytes, its output: stdout and stderr) of a command that must succeed."""
+    with tempfile.TemporaryFile("w+") as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen([str(a) for a in args], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        text = out.read()
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"{args} failed: {text[-2000:]}")
+    return seconds, usage.ru_maxrss * 1024, text
+
+
+def test_accuracy(stdout):
+    """The runner's summary line: `test_accuracy 0.9871  test_loss ...`."""
+    return float(re.search(r"^test_accuracy ([0-9.]+)", stdout, re.M).group(1))
 
 
 def median(values):
@@ -158,22 +173,26 @@ def runner_rate(args):
 
 def memory_bench(args):
     """Peak RSS and test accuracy, one epoch of full MNIST: plain script vs the runner's command line."""
-    runner = ["runner", "experiment=seed_mnist", f"dataset.path={MNIST}", "loop.epochs=1", "loop.verbose=0",
-              "mlflow.log_model=false", "dataset.validation_split=0.0001"]
+    runner = [sys.executable, "-m", "runner", "experiment=seed_mnist", f"dataset.path={MNIST}", "loop.epochs=1",
+              "loop.verbose=0", "dataset.validation_split=0.0001"]
+    plain = ["bench/plain_keras.py", MNIST, "--epochs", "1"]
+    if args.quick:  # CI size: 50 steps
+        runner, plain = [*runner, "dataset.limit=1600"], [*plain, "--steps", "50"]
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
-        plain = child(["bench/plain_keras.py", MNIST, "--epochs", "1"])
+        plain = child(plain)
         plain_rss = plain["peak_rss"]
-        _, runner_rss = wall([sys.executable, "-m", "runner", *runner[1:], f"hydra.run.dir={tmp}/out"], env)
-        accuracy = {}
-        for precision in ("float32", "mixed_bfloat16"):
-            accuracy[precision] = child(["bench/bench.py", "_runner_accuracy", "--precision", precision])["test_accuracy"]
+        _, runner_rss, out = command([*runner, f"hydra.run.dir={tmp}/out"], env)  # the whole record, model included
+        accuracy = {"float32": test_accuracy(out)}
+        if not args.quick:
+            accuracy["mixed_bfloat16"] = child(["bench/bench.py", "_runner_accuracy", "--precision", "mixed_bfloat16"])["test_accuracy"]
     RESULTS["memory_ratio"] = runner_rss / plain_rss
     return ["### Peak memory and accuracy, one epoch of full MNIST (batch 32)", "",
             "| | peak RSS | test accuracy |", "| --- | --- | --- |",
             f"| plain Keras script, fp32 | {plain_rss / 2**30:.2f} GiB | {plain['test_accuracy']:.4f} |",
-            f"| runner, fp32 | {runner_rss / 2**30:.2f} GiB ({runner_rss / plain_rss:.2f}x) | {accuracy['float32']:.4f} |",
-            f"| runner, mixed_bfloat16 | | {accuracy['mixed_bfloat16']:.4f} |"]
+            f"| `runner experiment=seed_mnist loop.epochs=1`, fp32, the whole command and record | "
+            f"{runner_rss / 2**30:.2f} GiB ({runner_rss / plain_rss:.2f}x) | {accuracy['float32']:.4f} |",
+            f"| runner's training stage, mixed_bfloat16 | | {accuracy.get('mixed_bfloat16', float('nan')):.4f} |"]
 
 
 def runner_accuracy(args):
@@ -260,41 +279,60 @@ def mlflow_bench(args):
 
 
 def sweep_bench(args):
-    """A 6-point sweep of tiny jobs, serial and with the parallel launcher: per-job wall time."""
-    point = ["model-style=sequential,functional,subclass", "optimizer=adam,sgd", "dataset.limit=64", "loop.epochs=1",
-             "loop.verbose=0", "mlflow.log_model=false"]
-    lines = ["### Sweep overhead: 6 tiny jobs (64 examples, 1 epoch)", "", "| launcher | wall s | per job |",
-             "| --- | --- | --- |"]
+    """A sweep of 24 tiny jobs (6 with --quick), serial and with the parallel launcher: jobs per minute
+    and wall time per job, the sweep's start-up and preflight included."""
+    grid = ["model-style=sequential,functional,subclass", "optimizer=adam,adamw,rmsprop,sgd", "loop=fit,custom"]
+    if args.quick:
+        grid = ["model-style=sequential,functional,subclass", "optimizer=adam,sgd"]
+    jobs = np.prod([len(g.split(",")) for g in grid])
+    point = [*grid, "dataset.limit=64", "loop.epochs=1", "loop.verbose=0", "mlflow.log_model=false"]
+    lines = [f"### Sweep throughput: {jobs} tiny jobs (64 examples, 1 epoch, the full record but the model)", "",
+             "| launcher | wall s | jobs per minute | s per job |", "| --- | --- | --- | --- |"]
     with tempfile.TemporaryDirectory() as tmp:
-        for name, extra in (("basic (serial)", []), ("parallel (2 processes)", ["hydra/launcher=parallel"])):
-            seconds, _ = wall([sys.executable, "-m", "runner", "-m", *extra, *point,
-                               f"hydra.sweep.dir={tmp}/{len(lines)}"],
-                              {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"})
-            lines.append(f"| {name} | {seconds:.1f} | {seconds / 6:.2f} |")
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+        wall([sys.executable, "-m", "runner", "dataset.limit=64", "loop.epochs=1", "loop.verbose=0",
+              f"hydra.run.dir={tmp}/warm"], env)  # the store's creation is a one-off
+        for key, name, extra in (("serial", "basic (serial)", []),
+                                 ("parallel", "parallel (2 processes)", ["hydra/launcher=parallel"])):
+            seconds, _ = wall([sys.executable, "-m", "runner", "-m", *extra, *point, f"hydra.sweep.dir={tmp}/{key}"], env)
+            RESULTS[f"sweep_s_per_job_{key}"] = seconds / jobs
+            lines.append(f"| {name} | {seconds:.1f} | {60 * jobs / seconds:.1f} | {seconds / jobs:.2f} |")
     return lines
+
+
+def forward_flops():
+    """seed_cnn's forward FLOPs per example: 2 per multiply-add of its Conv2D and Dense layers."""
+    import keras
+
+    _, model, _, _ = seed_cnn(32, 1)
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            flops += 2 * np.prod(layer.kernel.shape) * np.prod(layer.output.shape[1:3])
+        elif hasattr(layer, "kernel"):
+            flops += 2 * np.prod(layer.kernel.shape)
+    return int(flops)
+
+
+def matmul_peak(dtype="float32", n=2048, repeats=20):
+    """FLOP/s of this machine's n x n matmul in `dtype`, all cores (TensorFlow's oneDNN kernels)."""
+    import tensorflow as tf
+
+    a = tf.cast(tf.random.normal((n, n)), dtype)
+    matmul = tf.function(lambda x: tf.linalg.matmul(x, x))
+    matmul(a).numpy()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        out = matmul(a)
+    out.numpy()
+    return repeats * 2 * n**3 / (time.perf_counter() - started)
 
 
 def flops_bench(args):
     """Achieved training FLOP/s of seed_cnn against this machine's float32 matmul peak."""
-    import tensorflow as tf
-
-    _, model, _, _ = seed_cnn(32, 1)
-    forward = 0
-    for layer in model.layers:
-        if isinstance(layer, __import__("keras").layers.Conv2D):
-            k = np.prod(layer.kernel.shape)
-            forward += 2 * k * np.prod(layer.output.shape[1:3])
-        elif hasattr(layer, "kernel"):
-            forward += 2 * np.prod(layer.kernel.shape)
+    forward = forward_flops()
     per_example = 3 * forward  # backward is about twice the forward
-    a = tf.random.normal((2048, 2048))
-    matmul = tf.function(lambda x: tf.linalg.matmul(x, x))
-    matmul(a).numpy()
-    started = time.perf_counter()
-    for _ in range(20):
-        out = matmul(a)
-    out.numpy()
-    peak = 20 * 2 * 2048**3 / (time.perf_counter() - started)
+    peak = matmul_peak("float32")
     lines = ["### Compute efficiency", "", f"seed_cnn: {forward / 1e6:.1f} MFLOP forward per example, "
              f"~{per_example / 1e6:.1f} MFLOP per trained example. float32 matmul peak here: {peak / 1e9:.1f} GFLOP/s.",
              "", "| batch | achieved GFLOP/s | of peak |", "| --- | --- | --- |"]
@@ -305,9 +343,76 @@ def flops_bench(args):
     return lines
 
 
+def fast_config():
+    """experiment=seed_mnist_fast as the runner composes it."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="runner.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=["experiment=seed_mnist_fast", f"dataset.path={MNIST}"])
+
+
+def tta_bench(args):
+    """Time to the tutorial's accuracy: the tutorial's script (5 epochs, batch 32, fp32) against the whole
+    `runner experiment=seed_mnist_fast` command, start to exit, for three seeds; and the compute floor."""
+    seeds = (1, 2, 3) if not args.quick else (1,)
+    tutorial = ["bench/plain_keras.py", MNIST, "--epochs", 5, "--batch-size", 32]
+    fast = ["-m", "runner", "experiment=seed_mnist_fast", f"dataset.path={MNIST}", "loop.verbose=0"]
+    if args.quick:  # CI size: the section runs, its figures mean nothing
+        tutorial, fast = [*tutorial[:2], "--epochs", 1, "--steps", 50], [*fast, "dataset.limit=3000"]
+    lines = ["### Time to the tutorial's accuracy (MNIST, seed_cnn unchanged)", "",
+             "| command | seed | wall s (start to exit) | test accuracy | vs tutorial |", "| --- | --- | --- | --- | --- |"]
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+        wall([sys.executable, "-m", "runner", "dataset.limit=64", "loop.epochs=1", "loop.verbose=0",
+              f"hydra.run.dir={tmp}/warm"], env)  # the store's creation is a one-off, as for a user's second run
+        base_s, _, out = command([sys.executable, *tutorial])
+        base_acc = json.loads(out.strip().splitlines()[-1])["test_accuracy"]
+        lines.append(f"| tutorial script: 5 epochs, batch 32, fp32 | 42 | {base_s:.1f} | {base_acc:.4f} | 1.00 |")
+        walls, accs = [], []
+        for seed in seeds:
+            seconds, _, out = command([sys.executable, *fast, f"seed={seed}", f"hydra.run.dir={tmp}/fast-{seed}"], env)
+            walls.append(seconds)
+            accs.append(test_accuracy(out))
+            lines.append(f"| `runner experiment=seed_mnist_fast` | {seed} | {seconds:.1f} | {accs[-1]:.4f} | "
+                         f"{seconds / base_s:.3f} |")
+    RESULTS["tta_ratio"] = median(walls) / base_s
+    RESULTS["tta_min_accuracy"] = min(accs)
+    cfg = fast_config()
+    trained = 60000 * (1 - cfg.dataset.validation_split) * cfg.loop.epochs
+    evaluated = 60000 * cfg.dataset.validation_split * cfg.loop.epochs + 10000
+    forward = forward_flops()
+    floor = (3 * forward * trained + forward * evaluated) / matmul_peak("bfloat16")
+    lines += ["", f"Median ratio {median(walls) / base_s:.3f} (target ≤ 0.15), lowest accuracy {min(accs):.4f} "
+              f"(target ≥ 0.985). Compute floor: seed_mnist_fast does {(3 * forward * trained + forward * evaluated) / 1e12:.1f} "
+              f"TFLOP, {floor:.1f} s at this machine's bfloat16 matmul peak, "
+              f"{floor / median(walls) * 100:.0f} % of its median wall time."]
+    return lines
+
+
 RESULTS = {}
+# figure -> (what, target, met?): the report's summary table
+TARGETS = {
+    "tta_ratio": ("seed_mnist_fast wall / tutorial script wall", "≤ 0.15", lambda v: v <= 0.15),
+    "tta_min_accuracy": ("seed_mnist_fast lowest test accuracy of the seeds", "≥ 0.985", lambda v: v >= 0.985),
+    "startup_overhead_s": ("start-up beyond `import tensorflow, mlflow`, s", "≤ 1", lambda v: v <= 1),
+    "record_overhead_s": ("the full MLflow record's cost on the default run, s", "< 1 (or 10 %)", lambda v: v < 1),
+    "sweep_s_per_job_serial": ("sweep, s per tiny job, serial", "≤ 2.23 (half of 4.46)", lambda v: v <= 2.23),
+    "sweep_s_per_job_parallel": ("sweep, s per tiny job, parallel", "≤ 2.04 (half of 4.07)", lambda v: v <= 2.04),
+    "memory_ratio": ("peak RSS runner / plain script, one epoch", "≤ 0.6", lambda v: v <= 0.6),
+    "epoch_ratio_b32": ("epoch time runner / plain, batch 32", "≤ 1.02", lambda v: v <= 1.02),
+    "epoch_ratio_b128": ("epoch time runner / plain, batch 128", "≤ 1.02", lambda v: v <= 1.02),
+    "custom_over_fit": ("custom loop / fit, steps/s", "≥ 0.95", lambda v: v >= 0.95),
+    "mlflow_overhead_epoch": ("per-epoch MLflow logging overhead", "< 1 %", lambda v: v < 0.01),
+}
+
+
+def summary():
+    """The figures measured in this run against their targets."""
+    rows = [f"| {what} | {RESULTS[key]:.3f} | {target} | {'met' if met(RESULTS[key]) else '**missed**'} |"
+            for key, (what, target, met) in TARGETS.items() if key in RESULTS]
+    return ["### Against the targets", "", "| what | figure | target | |", "| --- | --- | --- | --- |", *rows]
 SECTIONS = {"epoch": epoch_bench, "memory": memory_bench, "startup": startup_bench, "loops": loops_bench,
-            "mlflow": mlflow_bench, "sweep": sweep_bench, "flops": flops_bench}
+            "mlflow": mlflow_bench, "sweep": sweep_bench, "flops": flops_bench, "tta": tta_bench}
 CHILDREN = {"_runner_rate": runner_rate, "_runner_accuracy": runner_accuracy}
 
 
@@ -318,7 +423,11 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", default="float32")
+    parser.add_argument("--quick", action="store_true", help="CI size: 20 steps, 1 repeat, small sections")
+    parser.add_argument("--report", type=Path, default=ROOT / "bench" / "latest.md", help="where the report goes")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.repeats = 20, 1
     if not MNIST.is_file():
         sys.exit(f"bench: needs real MNIST at {MNIST}")
     if args.sections and args.sections[0] in CHILDREN:
@@ -327,13 +436,13 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {list(SECTIONS)}")
     report = [f"## Benchmarks ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
-              f"--steps {args.steps} --repeats {args.repeats})", ""]
+              f"--steps {args.steps} --repeats {args.repeats}{' --quick' if args.quick else ''})", ""]
     for name in args.sections or list(SECTIONS):
         started = time.perf_counter()
         report += [*SECTIONS[name](args), "", f"({name}: {time.perf_counter() - started:.0f} s)", ""]
         print("\n".join(report[-8:]), flush=True)
-    report += ["Ratios against targets: " + json.dumps({k: round(v, 3) for k, v in RESULTS.items()})]
-    (ROOT / "bench" / "latest.md").write_text("\n".join(report) + "\n")
+    report += [*summary(), "", "All figures: " + json.dumps({k: round(float(v), 3) for k, v in RESULTS.items()})]
+    args.report.write_text("\n".join(report) + "\n")
     print("\n".join(report))
 
 

@@ -348,11 +348,3 @@ def test_seed_cifar100_trains_on_generated_100_class_images(make_cfg, store, tmp
     client, found = only_run(store)
     rates = per_epoch(client, found, "learning_rate")
     assert len(rates) == 2 and rates[1] < rates[0] and "stopped_epoch" in found.data.metrics
-
-
-def test_seed_mnist_fast_composes_as_the_issue_states(make_cfg):
-    cfg = make_cfg("experiment=seed_mnist_fast", "dataset.path=x.npz")
-    config.validate(cfg)
-    assert (cfg.loop.batch_size, cfg.loop.epochs, cfg.loop.precision) == (256, 1, "mixed_bfloat16")
-    assert cfg.optimizer.learning_rate.warmup_target == 3e-3 and cfg.optimizer.learning_rate.warmup_steps == "10%"
-    assert cfg.model.layers == make_cfg().model.layers  # seed_cnn unchanged
