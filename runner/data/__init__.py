@@ -118,11 +118,11 @@ def load(cfg) -> Splits:
     return Splits(*parts, info=info)
 
 
-def train_pipeline(x, y, batch_size, seed, first_epoch, epochs):
+def train_pipeline(x, y, batch_size, seed, first_epoch, epochs, augment=None):
     """(dataset, steps per epoch) of the training split; see runner.data.pipelines."""
     from runner.data import pipelines
 
-    return pipelines.train_pipeline(x, y, batch_size, seed, first_epoch, epochs)
+    return pipelines.train_pipeline(x, y, batch_size, seed, first_epoch, epochs, augment)
 
 
 def pipeline(x, y, batch_size):
