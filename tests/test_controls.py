@@ -173,9 +173,40 @@ RESUMABLE = ["callbacks=[early_stopping,reduce_lr_on_plateau]", "callbacks.early
 @pytest.mark.slow
 @pytest.mark.parametrize("loop", ["fit", "custom"])
 def test_kill_after_epoch_2_and_resume_equals_the_uninterrupted_run_with_callbacks(tmp_path, loop):
+    (client, found), (reference_client, reference) = killed_and_resumed(tmp_path, [*RESUMABLE, f"loop={loop}"])
+    for key in ("loss", "val_loss", "learning_rate"):
+        got = per_epoch(client, found, key)
+        want = per_epoch(reference_client, reference, key)
+        assert [round(v, 5) for v in got] == [round(v, 5) for v in want], key
+    lr = per_epoch(reference_client, reference, "learning_rate")
+    assert min(lr) < lr[0]  # the plateau callback acted, so its state mattered
+    for key in ("stopped_epoch", "restored_epoch", "test_loss"):
+        assert round(found.data.metrics[key], 5) == round(reference.data.metrics[key], 5), key
+
+
+AUGMENTED = ["callbacks=early_stopping", "callbacks.early_stopping.patience=2",
+             "+callbacks.early_stopping.min_delta=0.02",
+             "optimizer.learning_rate={class_name: CosineDecay, initial_learning_rate: 0.01, decay_steps: auto}",
+             "dataset.augment=[{type: RandomTranslation, height_factor: 0.2, width_factor: 0.2}, {type: MixUp}]",
+             "loop.epochs=10", "loop.verbose=0", "mlflow.log_model=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_kill_after_epoch_2_and_resume_equals_the_uninterrupted_run_with_augmentation(tmp_path, loop):
+    (client, found), (reference_client, reference) = killed_and_resumed(tmp_path, [*AUGMENTED, f"loop={loop}"])
+    for key in ("loss", "accuracy", "val_loss", "learning_rate"):
+        got = per_epoch(client, found, key)
+        want = per_epoch(reference_client, reference, key)
+        assert len(got) >= 3 and [round(v, 5) for v in got] == [round(v, 5) for v in want], key
+    for key in ("test_loss", "test_accuracy"):
+        assert round(found.data.metrics[key], 5) == round(reference.data.metrics[key], 5), key
+
+
+def killed_and_resumed(tmp_path, args):
+    """((client, run) killed after epoch 2 and resumed, (client, run) uninterrupted) of one `runner` command."""
     from test_failures import runs, start
 
-    args = [*RESUMABLE, f"loop={loop}"]
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     assert start(args, tmp_path / "a").wait(timeout=600) == 0
     killed = start(args, tmp_path / "b")
@@ -189,14 +220,7 @@ def test_kill_after_epoch_2_and_resume_equals_the_uninterrupted_run_with_callbac
     assert resumed.returncode == 0, err
     client, (found,) = runs(uri)
     reference_client, (reference,) = runs(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}")
-    for key in ("loss", "val_loss", "learning_rate"):
-        got = per_epoch(client, found, key)
-        want = per_epoch(reference_client, reference, key)
-        assert [round(v, 5) for v in got] == [round(v, 5) for v in want], key
-    lr = per_epoch(reference_client, reference, "learning_rate")
-    assert min(lr) < lr[0]  # the plateau callback acted, so its state mattered
-    for key in ("stopped_epoch", "restored_epoch", "test_loss"):
-        assert round(found.data.metrics[key], 5) == round(reference.data.metrics[key], 5), key
+    return (client, found), (reference_client, reference)
 
 
 REGULARISED = ["+model.layers.3.kernel_regularizer={class_name: L2, l2: 0.001}", "+model.layers.3.kernel_initializer=he_normal",

@@ -87,7 +87,8 @@ def batch_fn(cfg, num_classes):
     import keras
     import tensorflow as tf
 
-    layers = [getattr(keras.layers, name)(**kwargs) for name, kwargs in specs]
+    # float32 whatever loop.precision says: the pipeline's batches are float32, the model casts them
+    layers = [getattr(keras.layers, name)(**{"dtype": "float32", **kwargs}) for name, kwargs in specs]
     generators = [[g for sub in layer._flatten_layers(include_self=True) for g in getattr(sub, "_seed_generators", [])]
                   for layer in layers]
     seed = tf.constant(cfg.seed, tf.int64)
