@@ -135,3 +135,14 @@ def test_label_smoothing_changes_the_loss(make_cfg, loop):
     # Smoothed targets keep the loss away from 0: higher than the plain loss on the same data.
     assert smoothed["test_loss"] > plain["test_loss"] + 0.05
     assert abs(smoothed["test_accuracy"] - plain["test_accuracy"]) < 0.2
+
+
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_class_weights_weigh_one_hot_labels_by_their_class(make_cfg, loop):
+    # One-hot (smoothed) labels and class weights together: each example weighs as its top class.
+    results = {}
+    for weight in ("1.0", "30.0"):
+        work = prepared(make_cfg, f"loop={loop}", "model.label_smoothing=0.1", f"+dataset.class_weight={{3: {weight}}}",
+                        "loop.epochs=2")
+        results[weight] = work.train()
+    assert results["30.0"]["test_loss"] != pytest.approx(results["1.0"]["test_loss"], rel=1e-3)
