@@ -285,7 +285,8 @@ def _check_model(cfg, info):
     loss = OmegaConf.select(cfg, "model.loss.class_name")
     if loss in ONE_HOT_LOSSES:
         raise ConfigError(f"model.loss.class_name: {loss} expects one-hot labels, but the runner's labels are integer "
-                          "class indices. Use SparseCategoricalCrossentropy (the same loss, integer labels).")
+                          "class indices. Use SparseCategoricalCrossentropy (the same loss, integer labels); "
+                          "model.label_smoothing or a MixUp/CutMix in dataset.augment switches it to one-hot labels.")
 
 
 def file_digest(path):
