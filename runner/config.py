@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from runner import callbacks, class_weights, keras_api, schedules
+from runner.data import augment
 from runner.errors import ConfigError
 from runner.graph import STYLES, Graph
 from runner.keras_api import class_args
@@ -44,6 +45,8 @@ class ModelConfig:
     loss: Dict[str, Any] = field(
         default_factory=lambda: {"class_name": "SparseCategoricalCrossentropy", "from_logits": False}
     )
+    # > 0: one-hot labels and the loss's categorical twin, CategoricalCrossentropy(label_smoothing=...)
+    label_smoothing: float = 0.0
 
 
 @dataclass
@@ -63,6 +66,9 @@ class DatasetConfig:
     cache: str = "none"  # image_folder: none (decode per batch) | memory | disk (~/.cache/runner)
     tfds: Optional[str] = None  # tfds: a TensorFlow Datasets name ("mnist", "mnist:3.0.1"); path is its data_dir
     class_weight: Any = None  # `auto` (balanced from the training labels) or {label: weight}; runner/class_weights.py
+    # Keras preprocessing layers on the training batches only, spelled like model layers:
+    # [{type: RandomFlip, mode: horizontal}, {type: MixUp}]; runner/data/augment.py
+    augment: List[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -81,7 +87,9 @@ class LoopConfig:
     # module listed in step_modules: the same explicit opt-in as model.custom_layers
     step: Optional[str] = None
     step_modules: List[str] = field(default_factory=list)
-    accumulate_steps: int = 1  # loop=custom: apply the mean gradient of N batches (an N times larger batch)
+    # apply the mean gradient of N batches (an N times larger batch): loop=custom in its own step,
+    # loop=fit through the optimizer's gradient_accumulation_steps
+    accumulate_steps: int = 1
 
 
 @dataclass
@@ -163,6 +171,7 @@ def validate(cfg: DictConfig) -> Graph:
     class_weights.validate(cfg.dataset)
     step_check(cfg.loop)
     class_args("losses", "model.loss", cfg.model.loss)
+    augment.validate(cfg)
     model = OmegaConf.to_container(cfg.model, resolve=True)
     graph = Graph.parse(
         model["layers"], list(cfg.dataset.input_shape), model["inputs"], model["outputs"], model["custom_layers"]
@@ -179,9 +188,8 @@ def step_check(loop):
     """loop.step and loop.accumulate_steps: only with loop=custom, the step's module opted in by name."""
     if loop.accumulate_steps < 1:
         raise ConfigError(f"loop.accumulate_steps: must be a positive integer, got {loop.accumulate_steps}.")
-    for key, used in (("loop.step", loop.step is not None), ("loop.accumulate_steps", loop.accumulate_steps > 1)):
-        if used and loop.name != "custom":
-            raise ConfigError(f"{key}: sets the training step of loop=custom; add `loop=custom`.")
+    if loop.step is not None and loop.name != "custom":
+        raise ConfigError("loop.step: sets the training step of loop=custom; add `loop=custom`.")
     if loop.step is None:
         return
     if loop.accumulate_steps > 1:

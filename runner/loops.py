@@ -16,10 +16,13 @@ from runner.keras_api import class_args
 from runner.errors import TrainingDiverged
 
 
-def compile_model(model, optimizer_cfg, loss_cfg, jit_compile, total_steps=None):
+def compile_model(model, optimizer_cfg, loss_cfg, jit_compile, total_steps=None, accumulate_steps=1):
     """Compile with the configured optimizer and loss (both through Keras' own deserialisation); a
-    learning-rate schedule's `auto` steps resolve to `total_steps` (1 when unknown: a preflight build)."""
+    learning-rate schedule's `auto` steps resolve to `total_steps` (1 when unknown: a preflight build).
+    `accumulate_steps` > 1 is loop=fit's gradient accumulation, the optimizer's own."""
     optimizer, optimizer_kwargs = class_args("optimizers", "optimizer", optimizer_cfg)
+    if accumulate_steps > 1:
+        optimizer_kwargs["gradient_accumulation_steps"] = accumulate_steps
     schedule = schedules.spec(optimizer_kwargs)
     if schedule is not None:
         optimizer_kwargs["learning_rate"] = schedules.build(schedule, total_steps or 1)
@@ -66,10 +69,12 @@ def custom(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0, class
     Keras callbacks and a progress bar as `fit` drives them."""
     strategy = model.distribute_strategy  # the one the model was built under (default: one device)
     with strategy.scope():  # variables made inside a replica's step would not be mirrored
-        metrics = step.metrics()
+        metrics = step.metrics(one_hot=isinstance(model.loss, keras.losses.CategoricalCrossentropy))
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-    steps_fns = step.make_steps(model, model.loss, model.optimizer, metrics, class_weight, cfg)
+        # A user step may add its own metrics (keras.metrics.Mean...) to `metrics`: logged for training only.
+        steps_fns = step.make_steps(model, model.loss, model.optimizer, metrics, class_weight, cfg)
+    base = {name: metrics[name] for name in step.BASE}
     train_step, test_step = (_on_replicas(strategy, f) for f in steps_fns)
     if not cfg.eager:
         jit = model.jit_compile  # compile() resolved "auto"
@@ -87,13 +92,13 @@ def custom(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0, class
     for epoch in range(initial_epoch, cfg.epochs):
         callbacks.on_epoch_begin(epoch)
         logs = _run(train_step, batches, metrics, callbacks.on_train_batch_begin, callbacks.on_train_batch_end, model, steps)
-        val = _run(test_step, val_ds, metrics)
+        val = _run(test_step, val_ds, base)
         logs.update({f"val_{name}": value for name, value in val.items()})
         callbacks.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
     callbacks.on_train_end(logs)
-    return {f"test_{name}": value for name, value in _run(test_step, test_ds, metrics).items()}
+    return {f"test_{name}": value for name, value in _run(test_step, test_ds, base).items()}
 
 
 def _on_replicas(strategy, step_fn):

@@ -16,7 +16,13 @@ is a function with this contract:
         return train_step
 
 `metrics` is {"loss": keras.metrics.Mean, "accuracy": ...}: update them as
-`update_metrics` does and the epoch logs keep fit's names. Include
+`update_metrics` does and the epoch logs keep fit's names. To log a term of
+your own (a second loss), add a metric to `metrics` in the factory
+(`metrics["consistency"] = keras.metrics.Mean(name="consistency")`) and update
+it in the step: it is averaged per epoch and logged beside `loss`, in the
+epoch logs, the callbacks and MLflow (training only; validation and test keep
+loss and accuracy). `y` is one-hot when the run mixes or smooths labels
+(dataset.augment's MixUp/CutMix, model.label_smoothing). Include
 `penalties(model)` in the loss to keep kernel_regularizer & co. The
 validation and test steps stay the runner's. Examples: `examples/steps/`.
 """
@@ -30,6 +36,7 @@ import tensorflow as tf
 from runner.errors import ConfigError
 
 CONTRACT = ("model", "loss_fn", "optimizer", "metrics", "loop_cfg")
+BASE = ("loss", "accuracy")  # the runner's metrics; a user step may add others
 
 
 def user_train_step(loop_cfg):
@@ -55,11 +62,11 @@ def make_steps(model, loss_fn, optimizer, metrics, class_weight=None, loop_cfg=N
     `metric.update_state(y, y_pred)`. Each step sees one replica's batch: the
     driver runs it with `strategy.run` (one replica without a strategy).
     """
-    loss_metric, *others = metrics.values()
+    loss_metric, *others = (metrics[name] for name in BASE)
     table = tf.constant([class_weight[c] for c in sorted(class_weight)], tf.float32) if class_weight else None
 
     def train_step(x, y):
-        weights = tf.gather(table, tf.cast(y, tf.int32)) if table is not None else None
+        weights = _class_weights(table, y)
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
             loss = _loss(model, loss_fn, y, y_pred, weights)
@@ -85,13 +92,13 @@ def make_steps(model, loss_fn, optimizer, metrics, class_weight=None, loop_cfg=N
 def accumulating_step(model, loss_fn, optimizer, metrics, every, table=None):
     """Adds each batch's gradient / `every` and applies the sum every `every` batches: with equal batches,
     the gradient of one `every` times larger batch, in the memory of one small batch."""
-    loss_metric, *others = metrics.values()
+    loss_metric, *others = (metrics[name] for name in BASE)
     variables = model.trainable_variables
     sums = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
     count = tf.Variable(0, dtype=tf.int64, trainable=False)
 
     def train_step(x, y):
-        weights = tf.gather(table, tf.cast(y, tf.int32)) if table is not None else None
+        weights = _class_weights(table, y)
         with tf.GradientTape() as tape:
             y_pred = model(x, training=True)
             loss = _loss(model, loss_fn, y, y_pred, weights)
@@ -120,7 +127,7 @@ def penalties(model):
 
 def update_metrics(metrics, loss, y, y_pred):
     """Update the epoch metrics as fit does (the loss weighted by batch size, accuracy on y_pred)."""
-    loss_metric, *others = metrics.values()
+    loss_metric, *others = (metrics[name] for name in BASE)
     _update(loss_metric, others, loss, y, y_pred)
 
 
@@ -143,6 +150,15 @@ def _update(loss_metric, others, loss, y, y_pred):
         metric.update_state(y, y_pred)  # compile(metrics=...) are unweighted; only weighted_metrics see weights
 
 
-def metrics():
-    """Fresh metric objects named as model.fit names them."""
-    return {"loss": keras.metrics.Mean(name="loss"), "accuracy": keras.metrics.SparseCategoricalAccuracy(name="accuracy")}
+def _class_weights(table, y):
+    """Each example's class weight, from integer labels or (mixed, smoothed) one-hot ones by their top class."""
+    if table is None:
+        return None
+    classes = tf.argmax(y, axis=-1) if y.shape.rank == 2 else y
+    return tf.gather(table, tf.cast(classes, tf.int32))
+
+
+def metrics(one_hot=False):
+    """Fresh metric objects named as model.fit names them; `one_hot` for one-hot or soft labels."""
+    accuracy = keras.metrics.CategoricalAccuracy if one_hot else keras.metrics.SparseCategoricalAccuracy
+    return {"loss": keras.metrics.Mean(name="loss"), "accuracy": accuracy(name="accuracy")}

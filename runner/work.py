@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from runner import callbacks as controls, checkpoints, class_weights, data, loops, models, tracking
+from runner.data import augment
 
 
 @dataclass
@@ -43,7 +44,9 @@ class Work:
                 model, state = checkpoints.load(resume_from, run_id, cfg.model.custom_layers)
             state["directory"] = str(resume_from)
         history, batch = state.get("history", []), cfg.loop.batch_size
-        train = data.train_pipeline(*splits.train, batch, cfg.dataset.seed, len(history), cfg.loop.epochs)
+        num_classes = cfg.dataset.num_classes
+        train = data.train_pipeline(*splits.train, batch, cfg.dataset.seed, len(history), cfg.loop.epochs,
+                                    augment.batch_fn(cfg, num_classes))
         if model is None:
             with strategy.scope():
                 model = build_model(cfg, graph, total_steps=train[1] * cfg.loop.epochs)
@@ -71,7 +74,10 @@ class Work:
         # logged learning rate is the one the epoch used (before ReduceLROnPlateau changes it).
         all_callbacks = [loops.NonFiniteGuard(), controls.learning_rate_logger(), *configured.values(),
                          *configured_state, *recorded, *callbacks]
-        results = loops.train(self.model, self.train_data, self.val_data, self.test_data, self.cfg.loop, all_callbacks,
+        val, test = self.val_data, self.test_data  # integer labels: the record's figures read them
+        if augment.one_hot(self.cfg):  # the one-hot loss scores them one-hot
+            val, test = (augment.one_hot_labels(d, self.cfg.dataset.num_classes) for d in (val, test))
+        results = loops.train(self.model, self.train_data, val, test, self.cfg.loop, all_callbacks,
                               initial_epoch=first_epoch, class_weight=self.class_weight)
         if checkpoint_dir is not None:
             self.history = checkpoint.history
@@ -95,5 +101,6 @@ def build_model(cfg, graph, total_steps=None):
     if cfg.model.name:
         model.name = cfg.model.name  # the model YAML's own name (a Keras Applications export carries one)
     models.check_output(model, graph, cfg.dataset.num_classes)
-    loops.compile_model(model, cfg.optimizer, cfg.model.loss, cfg.loop.jit_compile, total_steps)
+    accumulate = cfg.loop.accumulate_steps if cfg.loop.name == "fit" else 1  # loop=custom's step accumulates
+    loops.compile_model(model, cfg.optimizer, augment.loss_config(cfg), cfg.loop.jit_compile, total_steps, accumulate)
     return model

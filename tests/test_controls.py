@@ -173,9 +173,40 @@ RESUMABLE = ["callbacks=[early_stopping,reduce_lr_on_plateau]", "callbacks.early
 @pytest.mark.slow
 @pytest.mark.parametrize("loop", ["fit", "custom"])
 def test_kill_after_epoch_2_and_resume_equals_the_uninterrupted_run_with_callbacks(tmp_path, loop):
+    (client, found), (reference_client, reference) = killed_and_resumed(tmp_path, [*RESUMABLE, f"loop={loop}"])
+    for key in ("loss", "val_loss", "learning_rate"):
+        got = per_epoch(client, found, key)
+        want = per_epoch(reference_client, reference, key)
+        assert [round(v, 5) for v in got] == [round(v, 5) for v in want], key
+    lr = per_epoch(reference_client, reference, "learning_rate")
+    assert min(lr) < lr[0]  # the plateau callback acted, so its state mattered
+    for key in ("stopped_epoch", "restored_epoch", "test_loss"):
+        assert round(found.data.metrics[key], 5) == round(reference.data.metrics[key], 5), key
+
+
+AUGMENTED = ["callbacks=early_stopping", "callbacks.early_stopping.patience=2",
+             "+callbacks.early_stopping.min_delta=0.02",
+             "optimizer.learning_rate={class_name: CosineDecay, initial_learning_rate: 0.01, decay_steps: auto}",
+             "dataset.augment=[{type: RandomTranslation, height_factor: 0.2, width_factor: 0.2}, {type: MixUp}]",
+             "loop.epochs=10", "loop.verbose=0", "mlflow.log_model=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_kill_after_epoch_2_and_resume_equals_the_uninterrupted_run_with_augmentation(tmp_path, loop):
+    (client, found), (reference_client, reference) = killed_and_resumed(tmp_path, [*AUGMENTED, f"loop={loop}"])
+    for key in ("loss", "accuracy", "val_loss", "learning_rate"):
+        got = per_epoch(client, found, key)
+        want = per_epoch(reference_client, reference, key)
+        assert len(got) >= 3 and [round(v, 5) for v in got] == [round(v, 5) for v in want], key
+    for key in ("test_loss", "test_accuracy"):
+        assert round(found.data.metrics[key], 5) == round(reference.data.metrics[key], 5), key
+
+
+def killed_and_resumed(tmp_path, args):
+    """((client, run) killed after epoch 2 and resumed, (client, run) uninterrupted) of one `runner` command."""
     from test_failures import runs, start
 
-    args = [*RESUMABLE, f"loop={loop}"]
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     assert start(args, tmp_path / "a").wait(timeout=600) == 0
     killed = start(args, tmp_path / "b")
@@ -189,14 +220,7 @@ def test_kill_after_epoch_2_and_resume_equals_the_uninterrupted_run_with_callbac
     assert resumed.returncode == 0, err
     client, (found,) = runs(uri)
     reference_client, (reference,) = runs(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}")
-    for key in ("loss", "val_loss", "learning_rate"):
-        got = per_epoch(client, found, key)
-        want = per_epoch(reference_client, reference, key)
-        assert [round(v, 5) for v in got] == [round(v, 5) for v in want], key
-    lr = per_epoch(reference_client, reference, "learning_rate")
-    assert min(lr) < lr[0]  # the plateau callback acted, so its state mattered
-    for key in ("stopped_epoch", "restored_epoch", "test_loss"):
-        assert round(found.data.metrics[key], 5) == round(reference.data.metrics[key], 5), key
+    return (client, found), (reference_client, reference)
 
 
 REGULARISED = ["+model.layers.3.kernel_regularizer={class_name: L2, l2: 0.001}", "+model.layers.3.kernel_initializer=he_normal",
@@ -269,7 +293,7 @@ EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples
      r"loop.step: sets the training step of loop=custom; add `loop=custom`"),
     (["loop=custom", "loop.step=nowhere_steps.make", "loop.step_modules=[nowhere_steps]"],
      r"loop.step: no module 'nowhere_steps' on the Python path"),
-    (["loop.accumulate_steps=4"], r"loop.accumulate_steps: sets the training step of loop=custom"),
+    (["loop.accumulate_steps=0"], r"loop.accumulate_steps: must be a positive integer, got 0"),
 ])
 def test_step_misuse_is_refused_before_tensorflow(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -290,12 +314,14 @@ def test_a_step_with_the_wrong_signature_is_refused_before_training(make_cfg, tm
         prepare(cfg, config.validate(cfg)).train()
 
 
-def test_gradient_accumulation_matches_the_big_batch(make_cfg):
+@pytest.mark.parametrize("loop", ["custom", "fit"])
+def test_gradient_accumulation_matches_the_big_batch(make_cfg, loop):
     from runner.train import prepare
 
     # 1152 training examples: 9 batches of 128, or 36 of 32 in groups of 4 holding the same examples
-    # (each epoch's order depends on the seed only), so the same mean gradients reach Adam.
-    common = ["loop=custom", "dataset.limit=1280", "loop.epochs=2", "loop.verbose=0"]
+    # (each epoch's order depends on the seed only), so the same mean gradients reach Adam. loop=custom
+    # accumulates in its own step, loop=fit in the optimizer (gradient_accumulation_steps).
+    common = [f"loop={loop}", "dataset.limit=1280", "loop.epochs=2", "loop.verbose=0"]
     logged = {}
     for name, overrides in (("big", ["loop.batch_size=128"]), ("accumulated", ["loop.batch_size=32", "loop.accumulate_steps=4"])):
         cfg = make_cfg(*common, *overrides)
@@ -330,6 +356,11 @@ def test_a_user_step_module_outside_the_package_trains_through_loop_step(make_cf
     (plain_run,) = client.search_runs([client.get_experiment_by_name("plain").experiment_id])
     # The second loss term is in the training loss, so the two runs differ from the first step on.
     assert abs(per_epoch(client, found, "loss")[0] - per_epoch(client, plain_run, "loss")[0]) > 1e-5
+    # The step's own metric: one point per epoch, beside loss, training only.
+    consistency = per_epoch(client, found, "consistency")
+    assert len(consistency) == 2 and all(0 < v < per_epoch(client, found, "loss")[0] for v in consistency)
+    assert "val_consistency" not in found.data.metrics and "test_consistency" not in found.data.metrics
+    assert "consistency" not in plain_run.data.metrics
 
 
 def test_seed_cifar100_trains_on_generated_100_class_images(make_cfg, store, tmp_path):

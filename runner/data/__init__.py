@@ -118,11 +118,11 @@ def load(cfg) -> Splits:
     return Splits(*parts, info=info)
 
 
-def train_pipeline(x, y, batch_size, seed, first_epoch, epochs):
+def train_pipeline(x, y, batch_size, seed, first_epoch, epochs, augment=None):
     """(dataset, steps per epoch) of the training split; see runner.data.pipelines."""
     from runner.data import pipelines
 
-    return pipelines.train_pipeline(x, y, batch_size, seed, first_epoch, epochs)
+    return pipelines.train_pipeline(x, y, batch_size, seed, first_epoch, epochs, augment)
 
 
 def pipeline(x, y, batch_size):
@@ -285,7 +285,8 @@ def _check_model(cfg, info):
     loss = OmegaConf.select(cfg, "model.loss.class_name")
     if loss in ONE_HOT_LOSSES:
         raise ConfigError(f"model.loss.class_name: {loss} expects one-hot labels, but the runner's labels are integer "
-                          "class indices. Use SparseCategoricalCrossentropy (the same loss, integer labels).")
+                          "class indices. Use SparseCategoricalCrossentropy (the same loss, integer labels); "
+                          "model.label_smoothing or a MixUp/CutMix in dataset.augment switches it to one-hot labels.")
 
 
 def file_digest(path):

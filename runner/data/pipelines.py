@@ -16,14 +16,16 @@ from runner.data.tfds import SHUFFLE_BUFFER, Stream
 PARALLEL = 2  # this machine's cores; autotuning is off (see _options)
 
 
-def train_pipeline(x, y, batch_size, seed, first_epoch, epochs):
-    """(dataset, steps per epoch): the batches of epochs `first_epoch` to `epochs - 1`, one after another.
+def train_pipeline(x, y, batch_size, seed, first_epoch, epochs, augment=None):
+    """(dataset, steps per epoch): the batches of epochs `first_epoch` to `epochs - 1`, one after another,
+    each passed through `augment(global step, x, y)` when given (runner.data.augment).
 
     One iterator serves every epoch: none is destroyed at an epoch end, where
     TF 2.21 can stall the main thread for seconds.
     """
     if isinstance(x, Stream):
-        return _stream_epochs(x, batch_size, seed, first_epoch, epochs), -(-len(x) // batch_size)
+        steps = -(-len(x) // batch_size)
+        return _augmented(_stream_epochs(x, batch_size, seed, first_epoch, epochs), augment, first_epoch * steps), steps
     n = len(y)
     labels = tf.constant(y)
 
@@ -44,7 +46,16 @@ def train_pipeline(x, y, batch_size, seed, first_epoch, epochs):
     else:
         examples = tf.constant(x)
         ds = ds.map(lambda i: _scale(tf.gather(examples, i), tf.gather(labels, i)), num_parallel_calls=PARALLEL)
-    return ds.prefetch(2).with_options(_options()), -(-n // batch_size)
+    steps = -(-n // batch_size)
+    return _augmented(ds, augment, first_epoch * steps).prefetch(2).with_options(_options()), steps
+
+
+def _augmented(ds, augment, first_step):
+    """Batches numbered by their global step and augmented; one at a time, in order, because the
+    augmentation sets its layers' generator states per step (a parallel map would interleave them)."""
+    if augment is None:
+        return ds
+    return ds.enumerate(first_step).map(lambda step, batch: augment(step, *batch))
 
 
 def pipeline(x, y, batch_size):
