@@ -81,6 +81,19 @@ def test_sorted_labels_are_shuffled_before_the_validation_split(tmp_path):
     np.testing.assert_array_equal(again.val[1], splits.val[1])  # fixed: every run validates on the same examples
 
 
+def test_a_sweep_process_reads_its_data_once_and_again_when_it_changes(tmp_path):
+    path = write(tmp_path / "d.npz", **good_arrays())
+    first = data.load(dataset_cfg(path))
+    assert data.load(dataset_cfg(path)) is first  # the next job of a sweep in this process
+    assert data.load(dataset_cfg(path, limit=4)) is not first  # another config of the same file
+    arrays = good_arrays()
+    arrays["x_train"][0, 0, 0] ^= 1
+    write(path, **arrays)
+    os.utime(path, ns=(1, 1))  # even a rewrite within the clock's resolution is seen: size or mtime differ
+    changed = data.load(dataset_cfg(path))
+    assert changed is not first and changed.train[0].sum() != first.train[0].sum()
+
+
 def test_limit_caps_the_training_examples(tmp_path):
     splits = data.load(dataset_cfg(write(tmp_path / "d.npz", **good_arrays()), limit=4))
     assert len(splits.train[0]) + len(splits.val[0]) == 4

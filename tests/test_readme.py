@@ -31,12 +31,15 @@ SKIP = {
 
 
 def readme_commands():
-    commands = []
+    """Every `runner` command in README's code: indented blocks and ```bash fences alike."""
+    commands, fenced = [], False
     for line in README.read_text().splitlines():
-        match = re.match(r"^ {4}(?:\w+=\S+ )*runner( .*)?$", line)
-        if match:
-            text = line.strip().split("  #")[0].strip()
-            commands.append(text)
+        if line.startswith("```"):
+            fenced = line.strip() in ("```bash", "```sh", "```console", "```shell")
+            continue
+        code = line[4:] if line.startswith("    ") else line if fenced else None
+        if code is not None and re.match(r"^(?:\w+=\S+ )*runner( .*)?$", code.strip()):
+            commands.append(code.strip().split("  #")[0].strip())
     return list(dict.fromkeys(commands))
 
 

@@ -91,7 +91,41 @@ def fill(cfg, info=None):
 
 
 def load(cfg) -> Splits:
-    """Train, validation and test splits of a `dataset` config (TensorFlow is imported here)."""
+    """Train, validation and test splits of a `dataset` config (TensorFlow is imported here).
+
+    The jobs of a sweep that share a process (the basic launcher, a parallel worker) and a data set
+    read it once: the last splits loaded are kept, keyed by the dataset config and its files' size and
+    modification time. Nothing downstream writes to them (the pipelines copy).
+    """
+    key = _load_key(cfg)
+    if key is None or key not in _LAST:
+        splits = _load(cfg)
+        _LAST.clear()
+        if key is not None:
+            _LAST[key] = splits
+        return splits
+    return _LAST[key]
+
+
+_LAST = {}  # _load_key -> Splits: one data set, the last
+
+
+def _load_key(cfg):
+    """What identifies a loaded data set, or None where it should not be kept (streams)."""
+    if cfg.name == "tfds":
+        return None
+    stats = []
+    for key in ("path", "test_path"):
+        path = cfg.get(key)
+        if path is not None:
+            if not Path(path).is_file():  # a folder's images can change below its own mtime
+                return None
+            stat = Path(path).stat()
+            stats.append((path, stat.st_size, stat.st_mtime_ns))
+    return OmegaConf.to_yaml(cfg, resolve=True), tuple(stats)
+
+
+def _load(cfg) -> Splits:
     if cfg.name == "tfds":
         from runner.data import tfds
 
