@@ -112,3 +112,31 @@ def test_git_provenance_of_the_launch_directory(tmp_path):
     (tmp_path / "a.txt").write_text("two\n")
     code = provenance.git(tmp_path)
     assert code["branch"] == "main" and code["dirty"] is True and "+two" in code["diff"]
+
+
+def test_the_record_read_during_training_surfaces_its_error_and_stays_with_its_run(tmp_path, monkeypatch):
+    """The environment is read in a thread while the model trains: its error is raised in the run
+    (which then ends FAILED), and a run that failed before joining it leaves nothing to the next."""
+    from omegaconf import OmegaConf
+
+    from runner import tracking
+
+    cfg = OmegaConf.create({"mlflow": {"log_environment": True, "log_figures": False}})
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        def broken(cwd):
+            raise OSError("git exploded")
+
+        monkeypatch.setattr(provenance, "tags", broken)
+        with mlflow.start_run():
+            tracking._start_early(cfg, tmp_path)
+            with pytest.raises(OSError, match="git exploded"):
+                tracking.log_early()
+        monkeypatch.setattr(provenance, "tags", lambda cwd: ({"left.behind": "yes"}, {}))
+        with mlflow.start_run():  # fails before its record is joined
+            tracking._start_early(cfg, tmp_path)
+        with mlflow.start_run() as later:  # a resumed run: log_start (and its thread) is not called
+            tracking.log_early()
+        assert "left.behind" not in MlflowClient().get_run(later.info.run_id).data.tags
+    finally:
+        mlflow.set_tracking_uri(None)
