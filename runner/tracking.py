@@ -18,7 +18,7 @@ import keras
 import mlflow
 import numpy as np
 
-from runner import checkpoints, inputs, provenance, record, signals
+from runner import checkpoints, inputs, landing, provenance, record, signals
 from runner.record import Tag
 
 # Python packages a served model needs, pinned to what trained it: passed to MLflow so it does not
@@ -52,6 +52,8 @@ def log_start(cfg, model, job):
                      Tag.NOTE: describe(cfg, job.choices or {})})
     if cfg.mlflow.log_datasets:
         inputs.log_datasets(cfg.dataset)
+    experiment = mlflow.get_experiment(mlflow.active_run().info.experiment_id)
+    landing.set_view(mlflow.MlflowClient(), experiment.experiment_id, experiment.tags)  # once per experiment
     _start_early(cfg, job.cwd)
 
 

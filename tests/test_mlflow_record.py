@@ -78,6 +78,15 @@ def test_description_headline_params_and_user_tags(recorded):
     assert tags["baseline"] == tags["ablation"] == "true" and tags[Tag.USER_TAGS] == "baseline,ablation"
 
 
+def test_the_experiment_carries_the_runner_view(recorded):
+    from runner import landing
+
+    client, found, _, _ = recorded
+    view = json.loads(client.get_experiment(found.info.experiment_id).tags[landing.TAG])
+    assert "metrics.`test_accuracy`" in view["selectedColumns"] and view["orderByAsc"] is False
+    assert landing.runs_url("http://127.0.0.1:5000", "1").endswith("runs?viewStateShareKey=runner&workflowType=machine_learning")
+
+
 def test_environment_is_recorded(recorded):
     client, found, _, _ = recorded
     tags = found.data.tags
