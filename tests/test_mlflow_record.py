@@ -102,6 +102,8 @@ def test_figures_table_and_system_metrics(recorded):
     assert {"figures/learning_curves.png", "figures/confusion_matrix.png", "figures/misclassified.png",
             "per_class.json"} <= files
     assert "figures/model_graph.png" in files or "figures/model_graph.txt" in files
+    summary = open(client.download_artifacts(found.info.run_id, "model_summary.txt")).read()  # drawn during training
+    assert "151,306" in summary and "digits_cnn" in summary
     table = json.load(open(client.download_artifacts(found.info.run_id, "per_class.json")))
     assert table["columns"] == ["class", "precision", "recall", "f1", "support"] and len(table["data"]) == 10
     metrics = found.data.metrics
