@@ -30,4 +30,5 @@ def set_view(client, experiment_id, tags=None):
 
 def runs_url(base, experiment_id):
     """The experiment's runs table in that view (MLflow's Model-training workflow, not GenAI traces)."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
+    query = f"viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"

@@ -84,7 +84,8 @@ def test_the_experiment_carries_the_runner_view(recorded):
     client, found, _, _ = recorded
     view = json.loads(client.get_experiment(found.info.experiment_id).tags[landing.TAG])
     assert "metrics.`test_accuracy`" in view["selectedColumns"] and view["orderByAsc"] is False
-    assert landing.runs_url("http://127.0.0.1:5000", "1").endswith("runs?viewStateShareKey=runner&workflowType=machine_learning")
+    url = landing.runs_url("http://127.0.0.1:5000", "1")
+    assert url == "http://127.0.0.1:5000/#/experiments/1/runs?viewStateShareKey=runner&workflowType=machine_learning"
 
 
 def test_environment_is_recorded(recorded):
