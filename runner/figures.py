@@ -6,7 +6,9 @@ matplotlib's object API (`Figure`), not pyplot: no global state, no GUI backend,
 and a figure is freed when it goes out of scope.
 """
 
+import io
 import shutil
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -16,19 +18,40 @@ GRID = 25  # misclassified images shown (5 x 5)
 DPI = 80  # enough to read on a screen; each figure costs about a tenth of a second to draw
 
 
-def log_run_figures(history, x, y, probs, model):
-    """Every figure and the per-class table of one finished run."""
+def draw_run_figures(history, x, y, probs, model, directory):
+    """Draw every figure of one finished run as files under `directory`/figures; return the per-class
+    table. No MLflow call: it runs in a thread beside the model's logging (MLflow's active run is
+    per thread), and the caller logs the folder and the table."""
     predicted = probs.argmax(axis=-1)
     classes = probs.shape[-1]
+    folder = Path(directory) / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
     if history:
-        mlflow.log_figure(learning_curves(history), "figures/learning_curves.png")
+        learning_curves(history).savefig(folder / "learning_curves.png")
     matrix = confusion(y, predicted, classes)
-    mlflow.log_figure(confusion_figure(matrix), "figures/confusion_matrix.png")
+    confusion_figure(matrix).savefig(folder / "confusion_matrix.png")
     wrong = np.flatnonzero(predicted != y)
     if len(wrong) and x.ndim >= 3:  # images: a grid; a table's rows are not pictures
-        mlflow.log_figure(misclassified(x, y, predicted, wrong[:GRID]), "figures/misclassified.png")
-    mlflow.log_table(per_class(matrix), "per_class.json")
-    log_graph(model)
+        misclassified(x, y, predicted, wrong[:GRID]).savefig(folder / "misclassified.png")
+    draw_graph(model, folder)
+    return per_class(matrix)
+
+
+def warm_up():
+    """Draw one small figure with text: matplotlib loads its fonts and caches on the first drawing of
+    a process (about 0.4 s), which `log_start` moves off the end of the run."""
+    fig = Figure(figsize=(2, 1), dpi=DPI)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], label="warm")
+    ax.set(xlabel="x", title="t")
+    ax.legend()
+    fig.savefig(io.BytesIO(), format="png")
+
+
+def log_drawn(directory, table):
+    """Log what `draw_run_figures` drew, and the per-class table (MLflow shows it in the artifacts)."""
+    mlflow.log_artifacts(str(directory))
+    mlflow.log_table(table, "per_class.json")
 
 
 def learning_curves(history):
@@ -107,22 +130,20 @@ def per_class(matrix):
             "recall": np.round(recall, 4).tolist(), "f1": np.round(f1, 4).tolist(), "support": support.tolist()}
 
 
-def log_graph(model):
+def draw_graph(model, folder):
     """The model graph as a picture with Keras' plot_model where Graphviz and pydot are installed;
     otherwise a one-line note beside the text summary."""
     import importlib.util
-    import tempfile
 
     if not shutil.which("dot") or importlib.util.find_spec("pydot") is None:
-        mlflow.log_text("No model graph picture: install Graphviz (apt-get install graphviz) and pydot "
-                        "(pip install pydot). The layers are in model_summary.txt.\n", "figures/model_graph.txt")
+        (Path(folder) / "model_graph.txt").write_text(
+            "No model graph picture: install Graphviz (apt-get install graphviz) and pydot "
+            "(pip install pydot). The layers are in model_summary.txt.\n")
         return
     import keras
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/model_graph.png"
-        keras.utils.plot_model(model, to_file=path, show_shapes=True, show_layer_names=True, dpi=72)
-        mlflow.log_artifact(path, artifact_path="figures")
+    keras.utils.plot_model(model, to_file=str(Path(folder) / "model_graph.png"), show_shapes=True,
+                           show_layer_names=True, dpi=72)
 
 
 def sweep_curves(histories):

@@ -3,13 +3,19 @@
 `runner compare ...` and `runner reproduce ...` are dispatched before Hydra
 (runner.compare). What says nothing to the user (TensorFlow's C++ start-up lines,
 absl, oneDNN, CUDA probing on a machine without a GPU, MLflow's INFO lines,
-matplotlib's font cache) is quieted before anything imports TensorFlow;
+matplotlib's font cache) is quieted before anything imports TensorFlow, and
+the lines TensorFlow's import writes past its own log level are filtered out;
 RUNNER_VERBOSE=1 shows all of it.
 """
 
+import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
+import re
 import sys
+import tempfile
 import time
 
 QUIET_ENV = {
@@ -20,6 +26,10 @@ QUIET_ENV = {
     "MLFLOW_LOGGING_LEVEL": "WARNING",  # "Creating initial MLflow database tables...", system-metrics notices
 }
 QUIET_LOGGERS = ("mlflow", "absl", "matplotlib", "tensorflow", "alembic", "h5py")
+# TensorFlow 2.21's shared libraries log through absl before absl is initialised, at INFO, twice,
+# whatever TF_CPP_MIN_LOG_LEVEL says (tensorflow#100442): dropped from what `import tensorflow`
+# writes to stderr; its warnings and errors (W..., E...) and anything else pass.
+IMPORT_NOISE = re.compile(rb"WARNING: All log messages before absl::InitializeLog\(\) is called|I\d{4} ")
 
 
 def quiet(env=os.environ):
@@ -31,6 +41,56 @@ def quiet(env=os.environ):
             env.setdefault(key, value)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING if name != "absl" else logging.ERROR)
+    if not any(isinstance(finder, _QuietImport) for finder in sys.meta_path) and "tensorflow" not in sys.modules:
+        sys.meta_path.insert(0, _QuietImport())
+
+
+@contextlib.contextmanager
+def stderr_filtered(noise=IMPORT_NOISE):
+    """Capture what is written to file descriptor 2 (C++ libraries write there, not to sys.stderr)
+    and write it back without the lines matching `noise`, in order, when the block ends."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            os.write(2, b"".join(line for line in captured.read().splitlines(keepends=True) if not noise.match(line)))
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Imports `tensorflow`, the first time anything asks for it, inside `stderr_filtered`: the
+    runner imports it late (configs are checked before), from several modules."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once; and the lookup below finds the real package
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _FilteredLoader(spec.loader)
+        return spec
+
+
+class _FilteredLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__spec__.loader = module.__loader__ = self.loader  # TensorFlow sees its own loader
+        with stderr_filtered():
+            self.loader.exec_module(module)
 
 
 quiet()

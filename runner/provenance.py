@@ -9,6 +9,7 @@ milliseconds, `pip freeze` a second.
 
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -64,13 +65,23 @@ def devices():
 
 
 def pip_freeze():
-    """Every installed distribution as `name==version`, sorted: what `pip freeze` lists, without pip."""
+    """Every installed distribution as `name==version`, sorted: what `pip freeze` lists, without pip.
+
+    Read from the `name-version.dist-info` folder names (milliseconds); parsing
+    every METADATA file costs half a second. Names are PEP 503 normalised.
+    """
     seen = {}
     for dist in metadata.distributions():
-        name = dist.metadata["Name"]
-        if name and name.lower() not in seen:
-            seen[name.lower()] = f"{name}=={dist.version}"
-    return "\n".join(sorted(seen.values(), key=str.lower)) + "\n"
+        folder = getattr(dist, "_path", None)
+        stem = folder.name if folder is not None else ""
+        if stem.endswith(".dist-info") and "-" in stem:
+            name, _, release = stem[: -len(".dist-info")].partition("-")
+        else:  # an egg-info or an unusual layout: its metadata says
+            name, release = dist.metadata["Name"] or "", dist.version
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key and key not in seen:
+            seen[key] = f"{key}=={release}"
+    return "\n".join(sorted(seen.values())) + "\n"
 
 
 def tags(cwd):

@@ -8,7 +8,9 @@ writes into the active run.
 
 import os
 import resource
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 
@@ -16,13 +18,14 @@ import keras
 import mlflow
 import numpy as np
 
-from runner import checkpoints, inputs, provenance, record, signals
+from runner import checkpoints, inputs, landing, provenance, record, signals
 from runner.record import Tag
 
 # Python packages a served model needs, pinned to what trained it: passed to MLflow so it does not
 # infer them in a subprocess that imports TensorFlow again (16 s on a loaded 2-core machine).
 MODEL_REQUIREMENTS = ("tensorflow", "keras", "numpy")
 _clock = None  # (wall, CPU seconds of this process) when the current run started: its mean CPU
+_early = None  # (run id, {name: Future}): the record's work started while the model trains
 
 
 def system_metrics(mlflow_cfg):
@@ -49,11 +52,46 @@ def log_start(cfg, model, job):
                      Tag.NOTE: describe(cfg, job.choices or {})})
     if cfg.mlflow.log_datasets:
         inputs.log_datasets(cfg.dataset)
+    experiment = mlflow.get_experiment(mlflow.active_run().info.experiment_id)
+    landing.set_view(mlflow.MlflowClient(), experiment.experiment_id, experiment.tags)  # once per experiment
+    _start_early(cfg, job.cwd, model)
+
+
+def _start_early(cfg, cwd, model=None):
+    """Start what the end of the record needs and can have before the model is trained: the
+    environment (git's subprocesses, the package list), the model summary (Keras draws it with
+    rich: 0.2 s) and matplotlib's first drawing (its fonts, a third of a second), in a thread
+    while the model trains (TensorFlow works outside the GIL; the summary only reads the layers)."""
+    from runner import figures
+
+    global _early
+    pool = ThreadPoolExecutor(1, thread_name_prefix="runner-record")
+    jobs = {}
     if cfg.mlflow.log_environment:
-        tags, files = provenance.tags(job.cwd)
+        jobs["environment"] = pool.submit(provenance.tags, cwd)
+    if model is not None:
+        jobs["summary"] = pool.submit(model_summary, model)
+    if cfg.mlflow.log_figures:
+        jobs["figures"] = pool.submit(figures.warm_up)
+    pool.shutdown(wait=False)  # the thread ends with its tasks
+    _early = (mlflow.active_run().info.run_id, jobs)
+
+
+def log_early():
+    """Wait for the work `log_start` started, log the environment it read and return what it made
+    ({name: result}); an error of that work is raised here, in the run (MLflow's active run is per
+    thread: the thread only reads)."""
+    global _early
+    (run_id, jobs), _early = _early or (None, {}), None
+    if run_id != mlflow.active_run().info.run_id:  # nothing started, or a failed run's, left behind
+        return {}
+    done = {name: job.result() for name, job in jobs.items()}
+    if "environment" in done:
+        tags, files = done["environment"]
         mlflow.set_tags(tags)
         for name, text in files.items():
             mlflow.log_text(text, name)
+    return done
 
 
 def headline(cfg, choices, num_params):
@@ -160,13 +198,17 @@ def test_predictions(model, test_data, chunk=1000):
     return x, y, probs
 
 
-def log_model(model, cfg, sample, step):
+def model_summary(model):
+    lines = []
+    model.summary(print_fn=lambda line, **_: lines.append(line), line_length=100)
+    return "\n".join(lines) + "\n"
+
+
+def log_model(model, cfg, sample, step, summary=None):
     """The model summary and, when asked, the trained model as an MLflow model (Keras flavour) with
     its signature and pinned requirements, linked to the run's metrics at `step` (the last epoch's
     and the test metrics). Returns its `models:/` URI, or None."""
-    lines = []
-    model.summary(print_fn=lambda line, **_: lines.append(line), line_length=100)
-    mlflow.log_text("\n".join(lines) + "\n", "model_summary.txt")
+    mlflow.log_text(summary or model_summary(model), "model_summary.txt")
     if not cfg.mlflow.log_model:
         return None
     from mlflow.models import infer_signature
@@ -180,15 +222,21 @@ def log_model(model, cfg, sample, step):
 
 
 def log_record(work, results, cfg, choices):
-    """The end of the record: the model as an MLflow model, the figures and per-class table, the
-    description's outcome, peak memory and mean CPU. One pass of predictions serves them all."""
+    """The end of the record: the environment read during training, the model as an MLflow model, the
+    figures and per-class table, the description's outcome, peak memory and mean CPU. One pass of
+    predictions serves them all; the figures are drawn in a thread while the model is saved."""
     from runner import figures
 
+    early = log_early()
     wanted = cfg.mlflow.log_model or cfg.mlflow.log_figures
     x, y, probs = test_predictions(work.model, work.test_data) if wanted else (None, None, None)
-    uri = log_model(work.model, cfg, (x[:2], probs[:2]) if wanted else None, step=cfg.loop.epochs)
-    if cfg.mlflow.log_figures:
-        figures.log_run_figures(work.history, x, y, probs, work.model)
+    with tempfile.TemporaryDirectory(prefix="runner-figures-") as tmp, ThreadPoolExecutor(1) as pool:
+        drawn = cfg.mlflow.log_figures and pool.submit(figures.draw_run_figures, work.history, x, y, probs,
+                                                       work.model, tmp)
+        uri = log_model(work.model, cfg, (x[:2], probs[:2]) if wanted else None, step=cfg.loop.epochs,
+                        summary=early.get("summary"))
+        if drawn:
+            figures.log_drawn(tmp, drawn.result())  # a drawing error is raised here: the run is FAILED
     log_outcome(cfg, choices, results)
     return uri
 

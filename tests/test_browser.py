@@ -27,7 +27,7 @@ def free_port():
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
-    """(base URL, store directory, run ids of the sweep's jobs, screenshot folder)."""
+    """(base URL, run ids of the sweep's jobs, screenshot folder, store URI)."""
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (.ci/run does)")
     pytest.importorskip("playwright.sync_api", reason="pip install playwright (the [test] extra)")
@@ -56,7 +56,7 @@ def ui(tmp_path_factory):
         runs = client.search_runs(["1"], "tags.`mlflow.parentRunId` != ''", order_by=["attributes.start_time ASC"])
         shots = Path(os.environ.get("RUNNER_SCREENSHOTS", tmp / "screenshots"))
         shots.mkdir(parents=True, exist_ok=True)
-        yield base, [r.info.run_id for r in runs], shots
+        yield base, [r.info.run_id for r in runs], shots, f"sqlite:///{tmp / 'mlflow.db'}"
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
@@ -84,7 +84,7 @@ def visit(page, url, shot, wait_for):
 
 
 def test_runs_list_shows_the_jobs_with_dataset_and_model(ui, page):
-    base, runs, shots = ui
+    base, runs, shots, _ = ui
     query = urllib.parse.urlencode({"workflowType": "machine_learning", "searchFilter": "params.dataset = 'digits'",
                                     "orderByKey": "metrics.`test_accuracy`", "orderByAsc": "false"})
     text = visit(page, f"{base}/#/experiments/1/runs?{query}", shots / "runs.png", "optimizer=sgd")
@@ -94,7 +94,7 @@ def test_runs_list_shows_the_jobs_with_dataset_and_model(ui, page):
 
 
 def test_run_page_shows_model_datasets_description(ui, page):
-    base, runs, shots = ui
+    base, runs, shots, _ = ui
     text = visit(page, f"{base}/#/experiments/1/runs/{runs[0]}?workflowType=machine_learning", shots / "run.png",
                  "browser check")
     assert "browser check. seed_cnn (functional) on digits" in text and "test accuracy" in text
@@ -106,7 +106,7 @@ def test_run_page_shows_model_datasets_description(ui, page):
 
 
 def test_run_artifacts_show_the_figures(ui, page):
-    base, runs, shots = ui
+    base, runs, shots, _ = ui
     text = visit(page, f"{base}/#/experiments/1/runs/{runs[0]}/artifacts?workflowType=machine_learning",
                  shots / "artifacts.png", "figures")
     assert "figures" in text and "per_class.json" in text and "environment" in text
@@ -119,14 +119,32 @@ def test_run_artifacts_show_the_figures(ui, page):
 
 
 def test_system_metrics_tab_has_charts(ui, page):
-    base, runs, shots = ui
+    base, runs, shots, _ = ui
     text = visit(page, f"{base}/#/experiments/1/runs/{runs[0]}/system-metrics?workflowType=machine_learning",
                  shots / "system.png", "cpu_utilization_percentage")
     assert "system_memory_usage_megabytes" in text
 
 
 def test_compare_view_of_two_runs_opens(ui, page):
-    base, runs, shots = ui
+    base, runs, shots, _ = ui
     query = urllib.parse.urlencode({"runs": json.dumps(runs[:2]), "experiments": json.dumps(["1"])})
     text = visit(page, f"{base}/#/compare-runs?{query}", shots / "compare.png", "optimizer=sgd")
     assert "optimizer=adam" in text and "test_accuracy" in text
+
+
+def test_the_runner_view_lands_on_the_metric_columns(ui, page):
+    """MLflow keeps columns out of the URL; a shared view (an experiment tag) opened by its key shows them."""
+    import mlflow
+
+    from runner import landing
+
+    base, runs, shots, store = ui
+    tags = mlflow.MlflowClient(store).get_experiment("1").tags
+    assert json.loads(tags[landing.TAG])["orderByKey"] == "metrics.`test_accuracy`"  # written by the runs
+    page.set_viewport_size({"width": 2600, "height": 1000})  # every column in view: the grid draws only those
+    try:
+        text = visit(page, landing.runs_url(base, "1"), shots / "landing.png", "optimizer=sgd")
+    finally:
+        page.set_viewport_size({"width": 1600, "height": 1000})
+    assert "shared view" in text and "Sort: test_accuracy" in text
+    assert all(column in text for column in ("val_accuracy", "test_loss", "learning_rate", "Metrics", "Parameters"))

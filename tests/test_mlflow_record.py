@@ -78,6 +78,16 @@ def test_description_headline_params_and_user_tags(recorded):
     assert tags["baseline"] == tags["ablation"] == "true" and tags[Tag.USER_TAGS] == "baseline,ablation"
 
 
+def test_the_experiment_carries_the_runner_view(recorded):
+    from runner import landing
+
+    client, found, _, _ = recorded
+    view = json.loads(client.get_experiment(found.info.experiment_id).tags[landing.TAG])
+    assert "metrics.`test_accuracy`" in view["selectedColumns"] and view["orderByAsc"] is False
+    url = landing.runs_url("http://127.0.0.1:5000", "1")
+    assert url == "http://127.0.0.1:5000/#/experiments/1/runs?viewStateShareKey=runner&workflowType=machine_learning"
+
+
 def test_environment_is_recorded(recorded):
     client, found, _, _ = recorded
     tags = found.data.tags
@@ -93,6 +103,8 @@ def test_figures_table_and_system_metrics(recorded):
     assert {"figures/learning_curves.png", "figures/confusion_matrix.png", "figures/misclassified.png",
             "per_class.json"} <= files
     assert "figures/model_graph.png" in files or "figures/model_graph.txt" in files
+    summary = open(client.download_artifacts(found.info.run_id, "model_summary.txt")).read()  # drawn during training
+    assert "151,306" in summary and "digits_cnn" in summary
     table = json.load(open(client.download_artifacts(found.info.run_id, "per_class.json")))
     assert table["columns"] == ["class", "precision", "recall", "f1", "support"] and len(table["data"]) == 10
     metrics = found.data.metrics
@@ -112,3 +124,31 @@ def test_git_provenance_of_the_launch_directory(tmp_path):
     (tmp_path / "a.txt").write_text("two\n")
     code = provenance.git(tmp_path)
     assert code["branch"] == "main" and code["dirty"] is True and "+two" in code["diff"]
+
+
+def test_the_record_read_during_training_surfaces_its_error_and_stays_with_its_run(tmp_path, monkeypatch):
+    """The environment is read in a thread while the model trains: its error is raised in the run
+    (which then ends FAILED), and a run that failed before joining it leaves nothing to the next."""
+    from omegaconf import OmegaConf
+
+    from runner import tracking
+
+    cfg = OmegaConf.create({"mlflow": {"log_environment": True, "log_figures": False}})
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        def broken(cwd):
+            raise OSError("git exploded")
+
+        monkeypatch.setattr(provenance, "tags", broken)
+        with mlflow.start_run():
+            tracking._start_early(cfg, tmp_path)
+            with pytest.raises(OSError, match="git exploded"):
+                tracking.log_early()
+        monkeypatch.setattr(provenance, "tags", lambda cwd: ({"left.behind": "yes"}, {}))
+        with mlflow.start_run():  # fails before its record is joined
+            tracking._start_early(cfg, tmp_path)
+        with mlflow.start_run() as later:  # a resumed run: log_start (and its thread) is not called
+            tracking.log_early()
+        assert "left.behind" not in MlflowClient().get_run(later.info.run_id).data.tags
+    finally:
+        mlflow.set_tracking_uri(None)
