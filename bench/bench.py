@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+import record_overhead  # bench/record_overhead.py, beside this file
+
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"
 
@@ -412,7 +414,8 @@ def summary():
             for key, (what, target, met) in TARGETS.items() if key in RESULTS]
     return ["### Against the targets", "", "| what | figure | target | |", "| --- | --- | --- | --- |", *rows]
 SECTIONS = {"epoch": epoch_bench, "memory": memory_bench, "startup": startup_bench, "loops": loops_bench,
-            "mlflow": mlflow_bench, "sweep": sweep_bench, "flops": flops_bench, "tta": tta_bench}
+            "mlflow": mlflow_bench, "sweep": sweep_bench, "flops": flops_bench, "tta": tta_bench,
+            "record": lambda args: record_overhead.record_bench(args, RESULTS)}
 CHILDREN = {"_runner_rate": runner_rate, "_runner_accuracy": runner_accuracy}
 
 

@@ -18,7 +18,7 @@ GRID = 25  # misclassified images shown (5 x 5)
 DPI = 80  # enough to read on a screen; each figure costs about a tenth of a second to draw
 
 
-def draw_run_figures(history, x, y, probs, model, directory):
+def draw_run_figures(history, images, y, probs, model, directory):
     """Draw every figure of one finished run as files under `directory`/figures; return the per-class
     table. No MLflow call: it runs in a thread beside the model's logging (MLflow's active run is
     per thread), and the caller logs the folder and the table."""
@@ -30,9 +30,10 @@ def draw_run_figures(history, x, y, probs, model, directory):
         learning_curves(history).savefig(folder / "learning_curves.png")
     matrix = confusion(y, predicted, classes)
     confusion_figure(matrix).savefig(folder / "confusion_matrix.png")
-    wrong = np.flatnonzero(predicted != y)
-    if len(wrong) and x.ndim >= 3:  # images: a grid; a table's rows are not pictures
-        misclassified(x, y, predicted, wrong[:GRID]).savefig(folder / "misclassified.png")
+    wrong = [i for i in np.flatnonzero(predicted != y)[:GRID] if i in images]  # {index: example} kept
+    if wrong and images[wrong[0]].ndim >= 2:  # images: a grid; a table's rows are not pictures
+        misclassified(np.stack([images[i] for i in wrong]), y[wrong], predicted[wrong]).savefig(
+            folder / "misclassified.png")
     draw_graph(model, folder)
     return per_class(matrix)
 
@@ -92,12 +93,13 @@ def confusion_figure(matrix):
     return fig
 
 
-def misclassified(x, y, predicted, indices, cols=5):
-    """The first misclassified test images in one mosaic, each labelled `true → predicted`.
+def misclassified(x, y, predicted, cols=5):
+    """The misclassified test images `x` in one mosaic, each labelled `true → predicted`.
 
     One axes and one image: a grid of 25 axes costs half a second to draw.
     """
-    images = x[indices].reshape(len(indices), *x.shape[1:3], -1)[..., :3]
+    indices = range(len(x))
+    images = x.reshape(len(x), *x.shape[1:3], -1)[..., :3]
     images = images[..., 0] if images.shape[-1] != 3 else images
     height, width = images.shape[1:3]
     rows, pad = -(-len(indices) // cols), max(2, height // 8)

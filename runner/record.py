@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import mlflow
 from omegaconf import OmegaConf
 
-from runner import signals
+from runner import landing, signals
 from runner.errors import ConfigError
 from runner.redact import redact, redact_override, redact_tree, redact_uri
 
@@ -420,10 +420,12 @@ def record_failure(experiment_id, run_name, tags, error):
 
 
 def ui_link(run):
-    """The command and URL that open this run in the MLflow UI (its Model-training view, not GenAI)."""
+    """The command that opens the MLflow UI (None for a server), and the URLs of this run's page and of
+    its experiment's runs table in the runner's view (metrics as columns, best first), both in the
+    Model-training workflow, not GenAI."""
     uri = redact_uri(mlflow.get_tracking_uri())  # a database URI's password is typed again, not printed
     served = uri.startswith(("http://", "https://"))
     base = uri.rstrip("/") if served else f"http://127.0.0.1:{UI_PORT}"
     command = None if served else f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}"
     url = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
-    return command, url
+    return command, url, landing.runs_url(base, run.info.experiment_id)

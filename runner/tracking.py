@@ -188,14 +188,24 @@ def callbacks(loop_cfg, first_step=0):
     return [MlflowMetrics(), *([MlflowBatchLoss(every, first_step)] if every else [])]
 
 
-def test_predictions(model, test_data, chunk=1000):
-    """(x, y, class probabilities) of the test split, in order. Called eagerly in chunks: a
-    `model.predict` would trace a new function (a few tenths of a second) for one pass."""
-    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in test_data))
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    probs = np.concatenate([np.asarray(model(x[i:i + chunk], training=False), dtype=np.float32)
-                            for i in range(0, len(x), chunk)])
-    return x, y, probs
+def test_predictions(model, test_data, keep=25):
+    """(y, class probabilities, kept) of the test split, in order, and the test images the record
+    shows: kept = {index: image} for the first two (the model's signature) and the first `keep`
+    misclassified ones. One eager call per batch of the run's own size, which training has shown
+    to fit: larger chunks held every layer's activations for all of them (+0.7 GB for seed_cnn on
+    1,000 images), and the whole split as float32 can be larger than the data set's uint8 in memory.
+    Eager, not `model.predict`: no new function to trace for one pass."""
+    ys, probs, kept, seen = [], [], {}, 0
+    for x, y in test_data:
+        p = np.asarray(model(x, training=False), dtype=np.float32)
+        x, y = x.numpy(), y.numpy()
+        wrong = np.flatnonzero(p.argmax(axis=-1) != y)
+        for i in [*range(min(2 - min(seen, 2), len(x))), *wrong[:max(0, keep + 2 - len(kept))]]:
+            kept.setdefault(seen + int(i), x[i])
+        ys.append(y)
+        probs.append(p)
+        seen += len(x)
+    return np.concatenate(ys), np.concatenate(probs), kept
 
 
 def model_summary(model):
@@ -229,12 +239,12 @@ def log_record(work, results, cfg, choices):
 
     early = log_early()
     wanted = cfg.mlflow.log_model or cfg.mlflow.log_figures
-    x, y, probs = test_predictions(work.model, work.test_data) if wanted else (None, None, None)
+    y, probs, kept = test_predictions(work.model, work.test_data) if wanted else (None, None, None)
     with tempfile.TemporaryDirectory(prefix="runner-figures-") as tmp, ThreadPoolExecutor(1) as pool:
-        drawn = cfg.mlflow.log_figures and pool.submit(figures.draw_run_figures, work.history, x, y, probs,
+        drawn = cfg.mlflow.log_figures and pool.submit(figures.draw_run_figures, work.history, kept, y, probs,
                                                        work.model, tmp)
-        uri = log_model(work.model, cfg, (x[:2], probs[:2]) if wanted else None, step=cfg.loop.epochs,
-                        summary=early.get("summary"))
+        sample = (np.stack([kept[i] for i in range(min(2, len(y)))]), probs[:2]) if wanted else None
+        uri = log_model(work.model, cfg, sample, step=cfg.loop.epochs, summary=early.get("summary"))
         if drawn:
             figures.log_drawn(tmp, drawn.result())  # a drawing error is raised here: the run is FAILED
     log_outcome(cfg, choices, results)

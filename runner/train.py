@@ -175,7 +175,7 @@ def _absolute_paths(cfg, cwd):
 
 
 def _summary(run, results, num_params, elapsed, link):
-    command, url = link
+    command, url, runs = link
     lines = [
         f"test_accuracy {results['test_accuracy']:.4f}  test_loss {results['test_loss']:.4f}  "
         f"({num_params:,} parameters, {elapsed:.1f} s)",
@@ -184,4 +184,5 @@ def _summary(run, results, num_params, elapsed, link):
     if command:
         lines.append(f"open it: {command}")
     lines.append(f"      then {url}")
+    lines.append(f"  all runs, best first: {runs}")
     print("\n".join(lines), flush=True)
