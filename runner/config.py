@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import callbacks, class_weights, keras_api, schedules
+from runner import callbacks, class_weights, keras_api, prune, schedules
 from runner.data import augment
 from runner.errors import ConfigError
 from runner.graph import STYLES, Graph
@@ -111,6 +111,12 @@ class SweepConfig:
     # One id per sweep, the same in every job (Hydra copies the resolver cache into each job's
     # config, as for ${now:}): jobs find their parent run by it, on any launcher and any store.
     id: str = "${runner_uid:}"
+    # Stop a job whose validation metric is worse than its siblings' at the same epoch (runner/prune.py):
+    prune: Optional[str] = None  # null | median | successive_halving
+    prune_monitor: str = "val_loss"  # an epoch metric; a loss is minimised, an accuracy maximised
+    prune_warmup: int = 2  # epochs every job trains before the first decision (at the end of this epoch)
+    prune_min_siblings: int = 2  # siblings that must have reached the epoch before any job is stopped there
+    prune_eta: int = 3  # successive_halving: rungs at warmup * eta^k epochs keep the top 1/eta
 
 
 @dataclass
@@ -169,6 +175,7 @@ def validate(cfg: DictConfig) -> Graph:
     class_args("optimizers", "optimizer", cfg.optimizer)
     callbacks.validate(cfg.callbacks, schedules.validate(cfg.optimizer))
     class_weights.validate(cfg.dataset)
+    prune.validate(cfg)
     step_check(cfg.loop)
     class_args("losses", "model.loss", cfg.model.loss)
     augment.validate(cfg)

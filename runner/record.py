@@ -51,6 +51,7 @@ class Tag:
     POINTS = "points"  # a sweep's number of grid points (on the parent)
     JOBS_FAILED = "jobs_failed"  # how many of a sweep's jobs did not finish (on the parent)
     VARYING = "runner.varying"  # the keys a sweep varies (on the parent)
+    PRUNED = "runner.pruned"  # the epoch a sweep job was pruned at (sweep.prune); the run is FINISHED
     TEST_WEIGHTS = "runner.test_weights"  # which epoch's weights the test metrics (and the model) come from
     OVERRIDES = "overrides"
     RESUMED_WITH = "resumed_with"

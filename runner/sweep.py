@@ -86,8 +86,10 @@ class SweepCallback(Callback):
             record.close_dead_runs(record.open_store(config.mlflow, config.hydra.runtime.cwd))
             rows = sweep_rows(self.parent, self.hashes, varying(config.hydra.overrides.task), self.skip_finished)
             table = leaderboard(rows)
-            failed = sum(r["status"] not in ("FINISHED", "SKIPPED") for r in rows)
-            summary = f"{len(rows) - failed} of {len(rows)} jobs FINISHED" + (f", {failed} not" if failed else "")
+            failed = sum(r["status"] not in ENDED_WELL for r in rows)
+            pruned = sum(r["status"] == PRUNED for r in rows)
+            summary = (f"{len(rows) - failed} of {len(rows)} jobs FINISHED" + (f" ({pruned} pruned)" if pruned else "")
+                       + (f", {failed} not" if failed else ""))
             print(f"\n{table}\n{summary}", flush=True)
             end_parent(self.parent, rows, {"leaderboard.md": table, "leaderboard.csv": to_csv(rows),
                                            "leaderboard.html": to_html(rows, summary)}, failed)
@@ -190,9 +192,13 @@ def sweep_rows(parent_id, hashes=None, keys=(), skip_finished=False):
 
 
 def _row(client, point, run, status):
+    from runner import record
+
     if run is None:
         return {"overrides": point, "status": "MISSING"}
     metrics, info = run.data.metrics, run.info
+    if status is None and info.status == "FINISHED" and record.Tag.PRUNED in run.data.tags:
+        status = PRUNED  # a FINISHED run that sweep.prune stopped early; `epochs` says when
     return {
         "overrides": point, "status": status or info.status, "run_id": info.run_id,
         "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
@@ -218,6 +224,8 @@ def end_parent(parent_id, rows, files, failed):
     record.retry(client.set_terminated, parent_id, "FAILED" if failed else "FINISHED")
 
 
+PRUNED = "PRUNED"  # the leaderboard's status of a FINISHED run that sweep.prune stopped
+ENDED_WELL = ("FINISHED", "SKIPPED", PRUNED)
 COLUMNS = ("rank", "overrides", "status", "val_accuracy", "test_accuracy", "epochs", "wall_s", "run_id")
 
 

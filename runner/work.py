@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from runner import callbacks as controls, checkpoints, class_weights, data, loops, models, tracking
+from runner import callbacks as controls, checkpoints, class_weights, data, loops, models, prune, tracking
 from runner.data import augment
 
 
@@ -67,7 +67,8 @@ class Work:
         recorded = []
         if checkpoint_dir is not None:
             checkpoint = checkpoints.EpochCheckpoint(checkpoint_dir, self.run_id, self.history, configured)
-            recorded = [checkpoint, *tracking.callbacks(self.cfg.loop, first_step=first_epoch * steps)]
+            recorded = [checkpoint, *tracking.callbacks(self.cfg.loop, first_step=first_epoch * steps),
+                        *prune.callbacks(self.cfg.sweep, self.run_id)]  # last: reads what the logger wrote
             if first_epoch:
                 tracking.log_missing_epochs(self.history)
         # The configured callbacks see an epoch's logs before the checkpoint saves their state, and the
