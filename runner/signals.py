@@ -25,14 +25,20 @@ def install():
     """Route SIGTERM and SIGINT through the deferral (the command line does this; tests need not)."""
     signal.signal(signal.SIGTERM, _handler)
     signal.signal(signal.SIGINT, _handler)
+    # submitit's warning, hydra.launcher.signal_delay_s before a SLURM job's time limit: the run ends
+    # KILLED with its checkpoint, as after scancel, not FAILED by the error submitit raises mid-epoch.
+    signal.signal(signal.SIGUSR2, _handler)
 
 
 def _handler(signum, frame):
     global _pending
-    if signum == signal.SIGTERM:
-        # Once: a second `kill` while the run records how it ended must not cut that short.
+    if signum in (signal.SIGTERM, signal.SIGUSR2):
+        # Once: a second `kill` (or SLURM's SIGTERM at the limit) while the run records how it ended
+        # must not cut that short.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        error = Terminated("terminated by SIGTERM")
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        error = Terminated("terminated by SIGTERM" if signum == signal.SIGTERM else
+                           "the SLURM job's time limit is near (SIGUSR2)")
     else:
         error = KeyboardInterrupt()
     if _depth:

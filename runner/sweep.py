@@ -56,6 +56,9 @@ class SweepCallback(Callback):
                 cfgs[tuple(job)] = hydra.compose(config_name=config.hydra.job.config_name, overrides=job)
             good = preflight(cfgs, cwd, build=config.sweep.preflight)
             self.hashes = {point: fingerprint(good[point][0]) if point in good else None for point in cfgs}
+        storage = config.hydra.sweeper.get("storage")
+        if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower() and isinstance(storage, str):
+            stamp_optuna_storage(storage)
         from runner import record  # imports MLflow: after the config-only checks
 
         experiment_id = record.open_store(config.mlflow, cwd)  # store and experiment created once, here
@@ -105,6 +108,31 @@ class SweepCallback(Callback):
     def _abandoned(self):
         if self.parent is not None:
             end_abandoned(self.parent, "KILLED", "the sweep was interrupted (Ctrl-C or a kill) before its jobs ended")
+
+
+def stamp_optuna_storage(url):
+    """Make a new Optuna RDB storage (`hydra.sweeper.storage=sqlite:///optuna.db`) usable by optuna 2.x,
+    which hydra-optuna-sweeper 1.3 pins: optuna 2 stamps a new storage's schema revision on a connection
+    it never commits, SQLAlchemy 2 (MLflow's) rolls that back, and optuna then fails on a bare
+    AssertionError. Stamping it here, committed, at optuna's own head revision is what optuna meant to do."""
+    from importlib.metadata import version
+
+    if not version("optuna").startswith("2."):
+        return  # optuna >= 3 works with SQLAlchemy 2
+    import alembic.migration
+    import alembic.script
+    import optuna.storages._rdb as rdb
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            context = alembic.migration.MigrationContext.configure(connection)
+            if context.get_current_revision() is None:
+                script = alembic.script.ScriptDirectory(os.path.join(os.path.dirname(rdb.__file__), "alembic"))
+                context.stamp(script, script.get_current_head())
+    finally:
+        engine.dispose()
 
 
 def _shown(point):

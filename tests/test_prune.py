@@ -189,3 +189,36 @@ def test_a_sweep_prunes_the_hopeless_rate_and_the_leaderboard_says_so(tmp_path, 
     for good in (r for r in runs if r not in pruned):
         assert len(client.get_metric_history(good.info.run_id, "val_loss")) == 4
     assert "4 of 4 jobs FINISHED (2 pruned)" in done.stdout
+
+
+def _values_at(client, run, metric):
+    return {m.step: m.value for m in client.get_metric_history(run.info.run_id, metric)}
+
+
+@pytest.mark.slow
+def test_an_optuna_study_in_sqlite_grows_across_sweeps_and_its_trials_are_pruned_by_the_rule(tmp_path):
+    """hydra.sweeper.storage: the second sweep continues the first's study; sweep.prune works under the
+    Optuna sweeper (its trials are children of the sweep's parent), every decision by the median rule."""
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    search = ["hydra/sweeper=tune", "hydra.sweeper.storage=sqlite:///optuna.db", "hydra.sweeper.study_name=lr",
+              "hydra.sweeper.n_trials=3", "optimizer.learning_rate=tag(log,interval(1e-3,1.0))", "loop.epochs=3",
+              "sweep.prune=median", "sweep.prune_warmup=1", "sweep.prune_min_siblings=1", *QUICK]
+    for seed in (1, 2):  # a fixed sampler seed would propose the first sweep's points again
+        done = run_sweep(tmp_path, *search, f"hydra.sweeper.sampler.seed={seed}")
+        assert done.returncode == 0, done.stderr
+        study = optuna.load_study(study_name="lr", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+        assert len(study.trials) == 3 * seed  # the study grows: trials of both sweeps
+        assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}
+    client, runs = children(tmp_path)
+    assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 2  # one parent per sweep
+    for run in runs:  # the basic launcher runs trials one after another: the earlier siblings decide
+        earlier = [r for r in runs if r.data.tags["mlflow.parentRunId"] == run.data.tags["mlflow.parentRunId"]
+                   and r.info.start_time < run.info.start_time]
+        mine, theirs = _values_at(client, run, "val_loss"), [_values_at(client, r, "val_loss") for r in earlier]
+        stopped = [e for e in sorted(mine) if earlier and prune.decide(
+            "median", e, mine[e], [t[e] for t in theirs if e in t], warmup=1, min_siblings=1)[0]]
+        assert run.data.tags.get("runner.pruned") == (str(stopped[0]) if stopped else None)
+        assert len(mine) == (stopped[0] if stopped else 3)
+    assert any("runner.pruned" in r.data.tags for r in runs), "no trial was pruned: the rule was never exercised"

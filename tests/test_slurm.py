@@ -98,3 +98,32 @@ def test_one_slurm_job_of_two_tasks_is_one_multi_worker_training(tmp_path, slurm
     for task, log in enumerate(logs):
         assert f"task_type = 'worker', task_id = {task}, num_workers = 2" in log
         assert f"/job:worker/task:{task}/device:CPU:0" in log  # no phantom GPU
+
+
+def test_a_job_past_its_time_limit_ends_killed_with_its_checkpoint_and_resumes(tmp_path, slurm):
+    # timeout_min=1: submitit asks SLURM for SIGUSR2 signal_delay_s (120 s) before the limit, so it
+    # comes at slurmctld's first check; the runner ends the run as after scancel. (Without it the job
+    # would get SIGTERM at the limit: the same ending, through the SIGTERM handler.)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    epochs = 200  # far past a minute
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=1",
+         f"loop.epochs={epochs}", "loop.verbose=0", "dataset.limit=300", "mlflow.log_model=false"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 1, err[-3000:]
+    assert "0 of 1 jobs FINISHED, 1 not" in out
+    client, parent, (child,) = one_parent(tmp_path)
+    assert child.info.status == "KILLED", child.data.tags
+    assert child.data.tags["error"] == "Terminated: the SLURM job's time limit is near (SIGUSR2)"
+    done_epochs = len(client.get_metric_history(child.info.run_id, "loss"))
+    assert 1 <= done_epochs < epochs
+    assert list(tmp_path.glob("multirun/*/*/0/run-*/checkpoints/epoch-*/model.weights.h5"))
+
+    resumed = subprocess.run([sys.executable, "-m", "runner", f"resume={child.info.run_id}", f"loop.epochs={epochs}"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = client.get_run(child.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, epochs + 1))
