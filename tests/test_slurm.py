@@ -121,7 +121,7 @@ def test_a_job_past_its_time_limit_ends_killed_with_its_checkpoint_and_resumes(t
     assert 1 <= done_epochs < epochs
     assert list(tmp_path.glob("multirun/*/*/0/run-*/checkpoints/epoch-*/model.weights.h5"))
 
-    resumed = subprocess.run([sys.executable, "-m", "runner", f"resume={child.info.run_id}", f"loop.epochs={epochs}"],
+    resumed = subprocess.run([sys.executable, "-m", "runner", f"resume={child.info.run_id}"],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run = client.get_run(child.info.run_id)
