@@ -171,10 +171,13 @@ GRID = ["optimizer.learning_rate=0.002,0.5", "seed=1,2"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"]],
-                         ids=["basic", "parallel"])
-def test_a_sweep_prunes_the_hopeless_rate_and_the_leaderboard_says_so(tmp_path, launcher):
-    done = run_sweep(tmp_path, *GRID, "loop.epochs=4", "sweep.prune=median", "sweep.prune_warmup=2", *launcher, *QUICK)
+@pytest.mark.parametrize("launcher, rule", [
+    ([], ["sweep.prune=median"]),
+    (["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"], ["sweep.prune=median"]),
+    ([], ["sweep.prune=successive_halving", "sweep.prune_eta=2"]),  # rung 2: the top half of those there go on
+], ids=["basic", "parallel", "basic-successive-halving"])
+def test_a_sweep_prunes_the_hopeless_rate_and_the_leaderboard_says_so(tmp_path, launcher, rule):
+    done = run_sweep(tmp_path, *GRID, "loop.epochs=4", *rule, "sweep.prune_warmup=2", *launcher, *QUICK)
     assert done.returncode == 0, done.stderr
     client, runs = children(tmp_path)
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
