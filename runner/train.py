@@ -52,10 +52,11 @@ def run(cfg, job=None, **fields):
         started = time.perf_counter()
         out = plan.output_dir or own_directory(plan.cfg, job, active.info.run_id)
         work = prepare(plan.cfg, plan.graph, strategy, resume_from=plan.output_dir and out / "checkpoints",
-                       run_id=active.info.run_id)
+                       run_id=active.info.run_id, keep_data=job.multirun)
         if plan.output_dir is None:
             tracking.log_start(plan.cfg, work.model, job)
         results = work.train(out / "checkpoints")
+        work.train_data = None  # the pipeline's copy of the training examples goes before the record's peak
         report(work, results, out, plan.cfg, resumed=plan.output_dir is not None, choices=job.choices)
         elapsed = time.perf_counter() - started
     _summary(active, results, work.model.count_params(), elapsed, record.ui_link(active))
@@ -146,12 +147,12 @@ def off_the_record(plan, job):
     return plan_record(cfg, plan.graph, job), job
 
 
-def prepare(cfg, graph, strategy=None, resume_from=None, run_id=None):
+def prepare(cfg, graph, strategy=None, resume_from=None, run_id=None, keep_data=False):
     """The work of one run, ready to train: Keras' global state set, the model built (or restored
     from `resume_from`) and compiled, the data loaded into pipelines."""
     from runner import work
 
-    return work.Work.prepare(cfg, graph, strategy, resume_from, run_id)
+    return work.Work.prepare(cfg, graph, strategy, resume_from, run_id, keep_data)
 
 
 def report(work, results, out, cfg, resumed, choices=None):

@@ -31,13 +31,13 @@ class Work:
     class_weight: dict = None  # {label: weight} for the loss, both loops
 
     @classmethod
-    def prepare(cls, cfg, graph, strategy=None, resume_from=None, run_id=None):
+    def prepare(cls, cfg, graph, strategy=None, resume_from=None, run_id=None, keep_data=False):
         """Set Keras' globals, load the data, build or restore the model under `strategy`, compile it."""
         strategy = strategy or tf.distribute.get_strategy()
         keras.backend.clear_session()  # jobs of a multirun share this process: no leaked names or RNG state
         keras.utils.set_random_seed(cfg.seed)
         keras.mixed_precision.set_global_policy(cfg.loop.precision)  # every job sets it: jobs share a process
-        splits = data.load(cfg.dataset)
+        splits = data.load(cfg.dataset, keep=keep_data)  # a sweep's next job in this process reads it again
         model, state = None, {}
         if resume_from:
             with strategy.scope():  # variables on every replica; fit and the custom loop follow the model

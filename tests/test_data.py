@@ -83,15 +83,17 @@ def test_sorted_labels_are_shuffled_before_the_validation_split(tmp_path):
 
 def test_a_sweep_process_reads_its_data_once_and_again_when_it_changes(tmp_path):
     path = write(tmp_path / "d.npz", **good_arrays())
-    first = data.load(dataset_cfg(path))
-    assert data.load(dataset_cfg(path)) is first  # the next job of a sweep in this process
-    assert data.load(dataset_cfg(path, limit=4)) is not first  # another config of the same file
+    first = data.load(dataset_cfg(path), keep=True)
+    assert data.load(dataset_cfg(path), keep=True) is first  # the next job of a sweep in this process
+    assert data.load(dataset_cfg(path, limit=4), keep=True) is not first  # another config of the same file
+    again = data.load(dataset_cfg(path), keep=True)
     arrays = good_arrays()
     arrays["x_train"][0, 0, 0] ^= 1
     write(path, **arrays)
     os.utime(path, ns=(1, 1))  # even a rewrite within the clock's resolution is seen: size or mtime differ
     changed = data.load(dataset_cfg(path))
-    assert changed is not first and changed.train[0].sum() != first.train[0].sum()
+    assert changed is not again and changed.train[0].sum() != again.train[0].sum()
+    assert data.load(dataset_cfg(path)) is not changed  # a single run keeps nothing
 
 
 def test_limit_caps_the_training_examples(tmp_path):

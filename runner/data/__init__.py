@@ -90,21 +90,22 @@ def fill(cfg, info=None):
     return cfg
 
 
-def load(cfg) -> Splits:
+def load(cfg, keep=False) -> Splits:
     """Train, validation and test splits of a `dataset` config (TensorFlow is imported here).
 
-    The jobs of a sweep that share a process (the basic launcher, a parallel worker) and a data set
-    read it once: the last splits loaded are kept, keyed by the dataset config and its files' size and
-    modification time. Nothing downstream writes to them (the pipelines copy).
+    With `keep`, the jobs of a sweep that share a process (the basic launcher, a parallel worker) and
+    a data set read it once: the last splits loaded are kept, keyed by the dataset config and its
+    file's size and modification time. Nothing downstream writes to them (the pipelines copy). A
+    single run keeps nothing: its peak memory is lower without.
     """
     key = _load_key(cfg)
-    if key is None or key not in _LAST:
-        splits = _load(cfg)
-        _LAST.clear()
-        if key is not None:
-            _LAST[key] = splits
-        return splits
-    return _LAST[key]
+    if key is not None and key in _LAST:
+        return _LAST[key]
+    _LAST.clear()
+    splits = _load(cfg)
+    if keep and key is not None:
+        _LAST[key] = splits
+    return splits
 
 
 _LAST = {}  # _load_key -> Splits: one data set, the last
