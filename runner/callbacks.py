@@ -175,5 +175,7 @@ def current_learning_rate(optimizer):
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     rate = optimizer._learning_rate
     if schedule_driven(optimizer):
-        rate = rate(keras.ops.maximum(optimizer.iterations - 1, 0))  # the last step's rate
+        # The last batch's rate: a schedule is evaluated at the batch count (`_iterations`), which
+        # `iterations` divides by the optimizer's gradient_accumulation_steps.
+        rate = rate(keras.ops.maximum(getattr(optimizer, "_iterations", optimizer.iterations) - 1, 0))
     return float(keras.ops.convert_to_numpy(rate))

@@ -48,19 +48,37 @@ def quiet(env=os.environ):
 @contextlib.contextmanager
 def stderr_filtered(noise=IMPORT_NOISE):
     """Capture what is written to file descriptor 2 (C++ libraries write there, not to sys.stderr)
-    and write it back without the lines matching `noise`, in order, when the block ends."""
+    and write it back without the lines matching `noise`, in order, when the block ends; all of it
+    when the block raises (the lines may explain why). A closed or odd fd 2 is left alone."""
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # `runner ... 2>&-`: nothing to filter
+        yield
+        return
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
+        failed = True
         try:
             yield
+            failed = False
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            os.write(2, b"".join(line for line in captured.read().splitlines(keepends=True) if not noise.match(line)))
+            lines = captured.read().splitlines(keepends=True)
+            _write_all(2, b"".join(line for line in lines if failed or not noise.match(line)))
+
+
+def _write_all(fd, data):
+    """os.write until all is written; a reader that went away (`| head`) is not an error here."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        pass
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):

@@ -14,6 +14,7 @@ The config checks need neither TensorFlow nor MLflow; the callback imports both 
 import math
 import statistics
 
+from runner import signals
 from runner.callbacks import EPOCH_METRICS
 from runner.errors import ConfigError
 
@@ -147,9 +148,12 @@ def _pruner(sweep, client, run):
             value = float(value)
             if epoch + 1 < settings["warmup"]:  # no query before the first decision
                 return
+            if epoch + 1 >= (self.params or {}).get("epochs", math.inf):  # the last epoch: nothing left to save
+                return
             prune, why = decide(sweep.prune, epoch + 1, value, siblings.at(epoch + 1), **settings)
             if prune:
-                client.set_tag(run.info.run_id, Tag.PRUNED, str(epoch + 1))
+                with signals.deferred():  # a kill mid-write would leave SQLite locked for the KILLED status
+                    client.set_tag(run.info.run_id, Tag.PRUNED, str(epoch + 1))
                 print(f"runner: pruned at epoch {epoch + 1} ({sweep.prune}): {why}", flush=True)
                 self.model.stop_training = True
 

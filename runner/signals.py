@@ -25,9 +25,16 @@ def install():
     """Route SIGTERM and SIGINT through the deferral (the command line does this; tests need not)."""
     signal.signal(signal.SIGTERM, _handler)
     signal.signal(signal.SIGINT, _handler)
-    # submitit's warning, hydra.launcher.signal_delay_s before a SLURM job's time limit: the run ends
-    # KILLED with its checkpoint, as after scancel, not FAILED by the error submitit raises mid-epoch.
+    # submitit's warning, hydra.launcher.signal_delay_s before a SLURM job's time limit or on preemption:
+    # the run ends KILLED with its checkpoint, as after scancel (`runner resume=<id>` continues it), not
+    # FAILED by the error submitit raises mid-epoch, nor requeued as a fresh run from epoch 1. Submitit's
+    # own handler still tells which of the two it is.
+    global _timed_out
+    _timed_out = getattr(getattr(signal.getsignal(signal.SIGUSR2), "__self__", None), "has_timed_out", None)
     signal.signal(signal.SIGUSR2, _handler)
+
+
+_timed_out = None  # submitit's has_timed_out() of this job, when submitit started it
 
 
 def _handler(signum, frame):
@@ -37,14 +44,19 @@ def _handler(signum, frame):
         # must not cut that short.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-        error = Terminated("terminated by SIGTERM" if signum == signal.SIGTERM else
-                           "the SLURM job's time limit is near (SIGUSR2)")
+        error = Terminated("terminated by SIGTERM" if signum == signal.SIGTERM else _usr2_reason())
     else:
         error = KeyboardInterrupt()
     if _depth:
         _pending = _pending or error
         return
     raise error
+
+
+def _usr2_reason():
+    timed_out = _timed_out() if _timed_out else None
+    case = {True: "its time limit is near", False: "it is preempted"}.get(timed_out, "time limit or preemption")
+    return f"the SLURM job got SIGUSR2 ({case})"
 
 
 @contextmanager

@@ -54,14 +54,14 @@ def log_start(cfg, model, job):
         inputs.log_datasets(cfg.dataset)
     experiment = mlflow.get_experiment(mlflow.active_run().info.experiment_id)
     landing.set_view(mlflow.MlflowClient(), experiment.experiment_id, experiment.tags)  # once per experiment
-    _start_early(cfg, job.cwd, model)
+    _start_early(cfg, job.cwd)
 
 
-def _start_early(cfg, cwd, model=None):
+def _start_early(cfg, cwd):
     """Start what the end of the record needs and can have before the model is trained: the
-    environment (git's subprocesses, the package list), the model summary (Keras draws it with
-    rich: 0.2 s) and matplotlib's first drawing (its fonts, a third of a second), in a thread
-    while the model trains (TensorFlow works outside the GIL; the summary only reads the layers)."""
+    environment (git's subprocesses, the package list) and matplotlib's first drawing (its fonts, a
+    third of a second), in a thread while the model trains (TensorFlow works outside the GIL). Not
+    the model summary: its optimizer lines depend on whether training has built the optimizer yet."""
     from runner import figures
 
     global _early
@@ -69,8 +69,6 @@ def _start_early(cfg, cwd, model=None):
     jobs = {}
     if cfg.mlflow.log_environment:
         jobs["environment"] = pool.submit(provenance.tags, cwd)
-    if model is not None:
-        jobs["summary"] = pool.submit(model_summary, model)
     if cfg.mlflow.log_figures:
         jobs["figures"] = pool.submit(figures.warm_up)
     pool.shutdown(wait=False)  # the thread ends with its tasks
@@ -201,7 +199,7 @@ def test_predictions(model, test_data, keep=25):
         x, y = x.numpy(), y.numpy()
         wrong = np.flatnonzero(p.argmax(axis=-1) != y)
         for i in [*range(min(2 - min(seen, 2), len(x))), *wrong[:max(0, keep + 2 - len(kept))]]:
-            kept.setdefault(seen + int(i), x[i])
+            kept.setdefault(seen + int(i), x[i].copy())  # a copy: a view would keep its whole batch alive
         ys.append(y)
         probs.append(p)
         seen += len(x)
@@ -237,14 +235,15 @@ def log_record(work, results, cfg, choices):
     predictions serves them all; the figures are drawn in a thread while the model is saved."""
     from runner import figures
 
-    early = log_early()
+    log_early()  # the environment read while the model trained
     wanted = cfg.mlflow.log_model or cfg.mlflow.log_figures
     y, probs, kept = test_predictions(work.model, work.test_data) if wanted else (None, None, None)
-    with tempfile.TemporaryDirectory(prefix="runner-figures-") as tmp, ThreadPoolExecutor(1) as pool:
+    with tempfile.TemporaryDirectory(prefix="runner-figures-") as tmp, ThreadPoolExecutor(2) as pool:
+        summary = pool.submit(model_summary, work.model)  # Keras draws it with rich: 0.2 s
         drawn = cfg.mlflow.log_figures and pool.submit(figures.draw_run_figures, work.history, kept, y, probs,
                                                        work.model, tmp)
         sample = (np.stack([kept[i] for i in range(min(2, len(y)))]), probs[:2]) if wanted else None
-        uri = log_model(work.model, cfg, sample, step=cfg.loop.epochs, summary=early.get("summary"))
+        uri = log_model(work.model, cfg, sample, step=cfg.loop.epochs, summary=summary.result())
         if drawn:
             figures.log_drawn(tmp, drawn.result())  # a drawing error is raised here: the run is FAILED
     log_outcome(cfg, choices, results)

@@ -127,8 +127,9 @@ def test_git_provenance_of_the_launch_directory(tmp_path):
 
 
 def test_the_record_read_during_training_surfaces_its_error_and_stays_with_its_run(tmp_path, monkeypatch):
-    """The environment is read in a thread while the model trains: its error is raised in the run
-    (which then ends FAILED), and a run that failed before joining it leaves nothing to the next."""
+    """The environment is read in a thread while the model trains: its error is raised in the main
+    thread when the record joins it (record.started then ends the run FAILED, as for any error), and
+    a run that failed before joining it leaves nothing to the next."""
     from omegaconf import OmegaConf
 
     from runner import tracking

@@ -111,6 +111,25 @@ def test_the_callback_stops_a_bad_job_and_tags_it(family):
     assert model.stop_training and client.get_run(me.info.run_id).data.tags[Tag.PRUNED] == "2"
 
 
+def test_a_job_at_its_last_epoch_is_not_pruned(family):
+    """A job that ran every epoch has nothing left to save: not stopped, not tagged PRUNED."""
+    import keras
+
+    from runner.record import Tag
+
+    client, parent, child = family
+    child([0.3, 0.2], status="FINISHED")
+    child([0.4, 0.3])
+    me = child([2.0, 1.9])
+    (callback,) = prune.callbacks(_sweep_cfg(prune="median", prune_warmup=2), me.info.run_id)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    callback.set_model(model)
+    callback.set_params({"epochs": 2, "steps": 1, "verbose": 0})
+    model.stop_training = False
+    callback.on_epoch_end(1, {"val_loss": 1.9})  # worse than the median, but its last epoch
+    assert not model.stop_training and Tag.PRUNED not in client.get_run(me.info.run_id).data.tags
+
+
 def test_outside_a_sweep_prune_is_ignored_with_a_message(store, capsys):
     import mlflow
 

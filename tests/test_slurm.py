@@ -116,7 +116,7 @@ def test_a_job_past_its_time_limit_ends_killed_with_its_checkpoint_and_resumes(t
     assert "0 of 1 jobs FINISHED, 1 not" in out
     client, parent, (child,) = one_parent(tmp_path)
     assert child.info.status == "KILLED", child.data.tags
-    assert child.data.tags["error"] == "Terminated: the SLURM job's time limit is near (SIGUSR2)"
+    assert child.data.tags["error"] == "Terminated: the SLURM job got SIGUSR2 (its time limit is near)"
     done_epochs = len(client.get_metric_history(child.info.run_id, "loss"))
     assert 1 <= done_epochs < epochs
     assert list(tmp_path.glob("multirun/*/*/0/run-*/checkpoints/epoch-*/model.weights.h5"))

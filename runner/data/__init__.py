@@ -123,7 +123,11 @@ def _load_key(cfg):
                 return None
             stat = Path(path).stat()
             stats.append((path, stat.st_size, stat.st_mtime_ns))
-    return OmegaConf.to_yaml(cfg, resolve=True), tuple(stats)
+    loading = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NOT_LOADING}
+    return repr(sorted(loading.items())), tuple(stats)
+
+
+NOT_LOADING = ("augment", "class_weight")  # used by the pipeline and the loss, not by load()
 
 
 def _load(cfg) -> Splits:

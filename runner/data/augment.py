@@ -9,6 +9,7 @@ SeedGenerators are set from both, so two runs with one seed augment alike and a 
 up at its first step with nothing to save in the checkpoint.
 """
 
+import random
 from collections.abc import Mapping
 
 from omegaconf import OmegaConf
@@ -87,8 +88,12 @@ def batch_fn(cfg, num_classes):
     import keras
     import tensorflow as tf
 
-    # float32 whatever loop.precision says: the pipeline's batches are float32, the model casts them
+    # float32 whatever loop.precision says: the pipeline's batches are float32, the model casts them.
+    # Keras seeds each new SeedGenerator from Python's global RNG, which keras.utils.set_random_seed set
+    # for the model's initial weights: restored after, so augmentation on or off starts from one model.
+    rng = random.getstate()
     layers = [getattr(keras.layers, name)(**{"dtype": "float32", **kwargs}) for name, kwargs in specs]
+    random.setstate(rng)
     generators = [[g for sub in layer._flatten_layers(include_self=True) for g in getattr(sub, "_seed_generators", [])]
                   for layer in layers]
     seed = tf.constant(cfg.seed, tf.int64)
@@ -98,7 +103,10 @@ def batch_fn(cfg, num_classes):
             y = tf.one_hot(y, num_classes)
         for i, (layer, (name, _)) in enumerate(zip(layers, specs)):
             for j, generator in enumerate(generators[i]):  # a pure function of (seed, step): see the module doc
-                state = tf.stack([seed * 1_000_003 + i * 1009 + j, tf.cast(step, tf.int64)])
+                # Hashed, not [key, step]: a layer drawing twice a batch advances its state to [key, step + 1],
+                # which would be the next batch's first draw (RandomTranslation's width = next height).
+                key = tf.stack([seed * 1_000_003 + i * 1009 + j, tf.constant(0, tf.int64)])
+                state = tf.random.experimental.stateless_fold_in(key, tf.cast(step, tf.int64))
                 generator.state.assign(tf.cast(state, generator.state.dtype))
             if name in MIXING:
                 mixed = layer({"images": x, "labels": y}, training=True)
