@@ -146,3 +146,29 @@ def test_class_weights_weigh_one_hot_labels_by_their_class(make_cfg, loop):
                         "loop.epochs=2")
         results[weight] = work.train()
     assert results["30.0"]["test_loss"] != pytest.approx(results["1.0"]["test_loss"], rel=1e-3)
+
+
+def test_consecutive_batches_draw_independent_augmentations(make_cfg):
+    """Each batch's generator state comes from (seed, step): a layer that draws twice a batch (height,
+    then width) must not hand its second draw to the next batch's first (then every example's
+    vertical shift at step t + 1 would be its horizontal shift at step t)."""
+    import tensorflow as tf
+
+    from runner.data import augment
+
+    cfg = make_cfg("dataset.augment=[{type: RandomTranslation, height_factor: 0.3, width_factor: 0.3, "
+                   "fill_mode: constant, interpolation: nearest}]")
+    step_fn = augment.batch_fn(cfg, cfg.dataset.num_classes)
+    x = np.zeros((32, 33, 33, 1), np.float32)
+    x[:, 16, 16] = 1.0  # one bright pixel: where it lands is the shift
+    y = tf.zeros((32,), tf.int32)
+
+    def shifts(step):
+        out = step_fn(tf.constant(step, tf.int64), tf.constant(x), y)[0].numpy()
+        rows, cols = np.unravel_index(out.reshape(32, -1).argmax(axis=1), (33, 33))
+        return rows - 16, cols - 16
+
+    (dy0, dx0), (dy1, dx1) = shifts(5), shifts(6)
+    assert np.any(dy0 != 0) and np.any(dx0 != 0)  # it does translate
+    assert not np.array_equal(dx0, dy1)
+    np.testing.assert_array_equal(shifts(5)[1], dx0)  # and stays a pure function of the step

@@ -103,10 +103,11 @@ def batch_fn(cfg, num_classes):
             y = tf.one_hot(y, num_classes)
         for i, (layer, (name, _)) in enumerate(zip(layers, specs)):
             for j, generator in enumerate(generators[i]):  # a pure function of (seed, step): see the module doc
-                # Hashed, not [key, step]: a layer drawing twice a batch advances its state to [key, step + 1],
-                # which would be the next batch's first draw (RandomTranslation's width = next height).
-                key = tf.stack([seed * 1_000_003 + i * 1009 + j, tf.constant(0, tf.int64)])
-                state = tf.random.experimental.stateless_fold_in(key, tf.cast(step, tf.int64))
+                # [hash(key, step), 0], not [key, step]: a layer drawing twice a batch advances its state by
+                # [0, 1], which would be the next batch's first draw (RandomTranslation's width = next height).
+                key = tf.stack([seed * 1_000_003 + i * 1009 + j, tf.cast(step, tf.int64)])
+                hashed = tf.random.stateless_uniform([], seed=key, minval=None, maxval=None, dtype=tf.int64)
+                state = tf.stack([hashed, tf.constant(0, tf.int64)])
                 generator.state.assign(tf.cast(state, generator.state.dtype))
             if name in MIXING:
                 mixed = layer({"images": x, "labels": y}, training=True)
