@@ -1,6 +1,6 @@
 """Benchmarks: the runner against what a person would write by hand, side by side in one run.
 
-    python bench/bench.py               # everything (make bench), under 15 minutes on 2 cores
+    python bench/bench.py               # everything (make bench): 15 to 25 minutes on 2 cores
     python bench/bench.py --quick       # every section at CI size (about 3 minutes): it runs, figures are rough
     python bench/bench.py loops epoch   # some sections
 
@@ -185,28 +185,13 @@ def memory_bench(args):
         plain = child(plain)
         plain_rss = plain["peak_rss"]
         _, runner_rss, out = command([*runner, f"hydra.run.dir={tmp}/out"], env)  # the whole record, model included
-        accuracy = {"float32": test_accuracy(out)}
-        if not args.quick:
-            accuracy["mixed_bfloat16"] = child(["bench/bench.py", "_runner_accuracy", "--precision", "mixed_bfloat16"])["test_accuracy"]
+        accuracy = test_accuracy(out)
     RESULTS["memory_ratio"] = runner_rss / plain_rss
     return ["### Peak memory and accuracy, one epoch of full MNIST (batch 32)", "",
             "| | peak RSS | test accuracy |", "| --- | --- | --- |",
             f"| plain Keras script, fp32 | {plain_rss / 2**30:.2f} GiB | {plain['test_accuracy']:.4f} |",
             f"| `runner experiment=seed_mnist loop.epochs=1`, fp32, the whole command and record | "
-            f"{runner_rss / 2**30:.2f} GiB ({runner_rss / plain_rss:.2f}x) | {accuracy['float32']:.4f} |",
-            f"| runner's training stage, mixed_bfloat16 | | {accuracy.get('mixed_bfloat16', float('nan')):.4f} |"]
-
-
-def runner_accuracy(args):
-    """(child) the runner's test accuracy after one epoch of full MNIST."""
-    from runner import config, loops
-    from runner.train import prepare
-
-    cfg, _, _, _ = seed_cnn(32, 1, precision=args.precision)
-    cfg.dataset.limit, cfg.dataset.validation_split, cfg.loop.epochs = None, 0.0001, 1  # all 60,000, as the script
-    work = prepare(cfg, config.validate(cfg))
-    print(json.dumps({"test_accuracy": loops.fit(work.model, work.train_data, work.test_data.take(1), work.test_data,
-                                                 cfg.loop, [])["test_accuracy"]}))
+            f"{runner_rss / 2**30:.2f} GiB ({runner_rss / plain_rss:.2f}x) | {accuracy:.4f} |"]
 
 
 def startup_bench(args):
@@ -416,14 +401,14 @@ def summary():
 SECTIONS = {"epoch": epoch_bench, "memory": memory_bench, "startup": startup_bench, "loops": loops_bench,
             "mlflow": mlflow_bench, "sweep": sweep_bench, "flops": flops_bench, "tta": tta_bench,
             "record": lambda args: record_overhead.record_bench(args, RESULTS)}
-CHILDREN = {"_runner_rate": runner_rate, "_runner_accuracy": runner_accuracy}
+CHILDREN = {"_runner_rate": runner_rate}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sections", nargs="*", help=f"some of {', '.join(SECTIONS)} (default: all)")
-    parser.add_argument("--steps", type=int, default=200, help="training batches an epoch (batch 32)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=100, help="training batches an epoch (batch 32)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating repeats of each timing (median)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--quick", action="store_true", help="CI size: 20 steps, 1 repeat, small sections")

@@ -80,6 +80,7 @@ def test_augmentation_changes_training_batches_only_and_repeats_with_the_seed(ma
         np.testing.assert_array_equal(a[1], b[1])
 
 
+@pytest.mark.slow
 def test_two_runs_with_one_seed_train_alike_and_another_seed_differs(make_cfg):
     def losses(*overrides):
         seen = []
@@ -126,6 +127,7 @@ def test_label_mixing_trains_with_one_hot_labels_in_both_loops(make_cfg, loop, m
     assert results["test_accuracy"] > 0.3  # it learned (chance is 0.1): the accuracy reads one-hot labels right
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["fit", "custom"])
 def test_label_smoothing_changes_the_loss(make_cfg, loop):
     plain = prepared(make_cfg, f"loop={loop}").train()
@@ -137,6 +139,7 @@ def test_label_smoothing_changes_the_loss(make_cfg, loop):
     assert abs(smoothed["test_accuracy"] - plain["test_accuracy"]) < 0.2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["fit", "custom"])
 def test_class_weights_weigh_one_hot_labels_by_their_class(make_cfg, loop):
     # One-hot (smoothed) labels and class weights together: each example weighs as its top class.

@@ -30,11 +30,13 @@ def sweep(tmp_path_factory):
     return tmp, client, parent, children, done.stdout
 
 
+@pytest.mark.slow  # the module's real sweep (15 s)
 def test_sweep_prints_job_i_of_n(sweep):
     *_, out = sweep
     assert "runner: job 1 of 2: optimizer=adam" in out and "runner: job 2 of 2" in out and "s left" in out
 
 
+@pytest.mark.slow  # the module's real sweep (15 s)
 def test_compare_prints_only_the_differing_keys_and_metric_deltas(sweep):
     tmp, client, _, children, _ = sweep
     done = cli("compare", children[0].info.run_id, children[1].info.run_id, "--html", "cmp.html", cwd=tmp)
@@ -50,6 +52,7 @@ def test_compare_prints_only_the_differing_keys_and_metric_deltas(sweep):
     assert "optimizer.class_name" in page and "data:image/png;base64," in page
 
 
+@pytest.mark.slow  # the module's real sweep (15 s)
 def test_compare_a_sweep_parent_means_its_jobs(sweep):
     tmp, _, parent, children, _ = sweep
     done = cli("compare", parent.info.run_id, cwd=tmp)
@@ -57,6 +60,7 @@ def test_compare_a_sweep_parent_means_its_jobs(sweep):
     assert done.stdout.startswith("2 runs:") and all(c.info.run_id[:8] in done.stdout for c in children)
 
 
+@pytest.mark.slow  # the module's real sweep (15 s)
 def test_sweep_parent_has_overlaid_curves_and_leaderboard_table(sweep):
     _, client, parent, _, _ = sweep
     paths = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
@@ -65,6 +69,7 @@ def test_sweep_parent_has_overlaid_curves_and_leaderboard_table(sweep):
     assert len(table["data"]) == 2 and "test_accuracy" in table["columns"]
 
 
+@pytest.mark.slow  # the module's real sweep (15 s)
 def test_reproduce_prints_the_command(sweep):
     tmp, _, _, children, _ = sweep
     done = cli("reproduce", children[1].info.run_id, cwd=tmp)

@@ -68,6 +68,7 @@ def test_the_groups_compose_together(make_cfg):
     assert cfg.callbacks.early_stopping.patience == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["fit", "custom"])
 def test_early_stopping_stops_records_and_tests_the_restored_epoch(make_cfg, store, tmp_path, loop):
     # An SGD this slow on 270 examples soon stops improving val_loss by min_delta.
@@ -111,6 +112,7 @@ def test_best_weights_are_restored_even_when_patience_never_ran_out(make_cfg):
     assert work.test_weights.startswith(f"epoch {best + 1}, the best val_accuracy")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["fit", "custom"])
 def test_the_logged_learning_rate_follows_cosine_decay(make_cfg, store, tmp_path, loop):
     cfg = make_cfg(f"loop={loop}", "loop.epochs=4", "dataset.limit=320",
@@ -127,6 +129,7 @@ def test_the_logged_learning_rate_follows_cosine_decay(make_cfg, store, tmp_path
     assert rates[0] > rates[1] > rates[2] > rates[3]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["fit", "custom"])
 def test_reduce_lr_on_plateau_lowers_the_logged_rate(make_cfg, store, tmp_path, loop):
     cfg = make_cfg(f"loop={loop}", "callbacks=reduce_lr_on_plateau", "callbacks.reduce_lr_on_plateau.patience=1",
@@ -257,6 +260,7 @@ def test_regularised_layers_are_built_with_the_keras_objects(make_cfg):
     assert isinstance(dense.kernel_constraint, keras.constraints.MaxNorm)
 
 
+@pytest.mark.slow
 def test_fit_and_custom_agree_with_class_weights_and_regularisation(make_cfg, store, tmp_path):
     logged = {}
     for loop in ("fit", "custom"):
@@ -314,6 +318,7 @@ def test_a_step_with_the_wrong_signature_is_refused_before_training(make_cfg, tm
         prepare(cfg, config.validate(cfg)).train()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["custom", "fit"])
 def test_gradient_accumulation_matches_the_big_batch(make_cfg, loop):
     from runner.train import prepare
@@ -343,6 +348,7 @@ def test_gradient_accumulation_matches_the_big_batch(make_cfg, loop):
     assert acc["test_loss"] == pytest.approx(big["test_loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_a_user_step_module_outside_the_package_trains_through_loop_step(make_cfg, store, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLES))
     plain = make_cfg("loop=custom", "loop.epochs=2", *QUICK, f"mlflow.tracking_uri={store}", "mlflow.experiment_name=plain")

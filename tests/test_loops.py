@@ -15,6 +15,7 @@ def history(store):
     return client, runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["sequential", "subclass"])
 def test_custom_and_fit_keep_one_contract(make_cfg, store, tmp_path, style):
     results = {}
@@ -74,6 +75,7 @@ def test_eager_and_compiled_steps_give_the_same_loss(make_cfg):
     assert float(tf.function(train_step)(x, y)) == pytest.approx(eager_train, rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loop", ["fit", "custom"])
 def test_batch_loss_every_n_steps(make_cfg, store, tmp_path, loop):
     cfg = make_cfg(f"loop={loop}", "loop.epochs=2", "dataset.limit=320", "loop.log_every_n_steps=3",

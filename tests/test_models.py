@@ -64,6 +64,7 @@ def test_several_inputs_and_outputs_build_in_both_graph_styles():
     assert shapes[0] == shapes[1] == [(None, 2), (None, 3), (None, 8)]
 
 
+@pytest.mark.slow
 def test_nested_layer_arguments_are_built(make_cfg):
     graph = Graph.parse(
         [{"type": "Bidirectional", "layer": {"type": "LSTM", "units": 4}}, {"type": "Dense", "units": 3}],

@@ -112,6 +112,7 @@ def test_an_unexpected_error_is_one_redacted_line(tmp_path):
     assert done.stderr.strip().splitlines()[-1].startswith("runner: MlflowException: ")
 
 
+@pytest.mark.slow
 def test_secrets_reach_nowhere_in_the_store(tmp_path):
     done = cli("+dataset.password=hunter2", "+dataset.source=http://bob:hunter3@data.example/x",
                "+dataset.api_keys=[hunter5]", "+dataset.credentials={user: bob, pass: hunter6}", *QUICK, cwd=tmp_path)

@@ -94,6 +94,7 @@ def check_resume_is_exact(make_cfg, tmp_path, monkeypatch, overrides):
     assert client.get_run(stopped.info.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_stop_after_epoch_1_and_resume_equals_the_uninterrupted_run(make_cfg, tmp_path, monkeypatch, case):
     check_resume_is_exact(make_cfg, tmp_path, monkeypatch, CASES[case])
@@ -114,6 +115,7 @@ def test_a_checkpoint_of_another_run_is_refused(make_cfg, store, tmp_path, monke
         checkpoints.load(manifest.parent, "someone-else")
 
 
+@pytest.mark.slow
 def test_resumed_final_logging_is_not_repeated(make_cfg, store, tmp_path, monkeypatch):
     """A kill during the final logging (after test_* were logged) must not log them twice."""
     with monkeypatch.context() as patch:
@@ -133,6 +135,7 @@ def test_resumed_final_logging_is_not_repeated(make_cfg, store, tmp_path, monkey
     assert [m.step for m in client.get_metric_history(found.info.run_id, "loss")] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_batch_loss_steps_continue_after_resume(make_cfg, store, tmp_path, monkeypatch):
     client, found = stopped_run(make_cfg, store, tmp_path, monkeypatch, "loop.log_every_n_steps=4", "loop=custom")
     run(make_cfg(f"resume={found.info.run_id}", f"mlflow.tracking_uri={store}"), cwd=tmp_path)

@@ -166,6 +166,7 @@ def test_optuna_search_maximises_validation_accuracy(tmp_path):
     assert f"Best value: {best}" in done.stdout + done.stderr  # the job returns its validation accuracy
 
 
+@pytest.mark.slow
 def test_the_readme_offline_sweep_with_a_relative_path_finishes_every_row(tmp_path):
     import numpy as np
 

@@ -38,6 +38,7 @@ def test_one_epoch_on_digits_is_fully_recorded(make_cfg, store, tmp_path):
     assert [o.step for o in found.outputs.model_outputs] == [2]  # an MLflow model (tests/test_record.py)
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(make_cfg, store, tmp_path):
     cfg = make_cfg("loop.epochs=1", "dataset.limit=300", f"mlflow.tracking_uri={store}", "mlflow.log_model=false")
     assert run(cfg, cwd=tmp_path) == run(cfg, cwd=tmp_path)
