@@ -37,7 +37,7 @@ test: ## every test, the slow (real training) ones included
 test-fast: ## the fast tests only (under about 3 minutes)
 	$(PYTHON) -m pytest -m "not slow"
 
-bench: ## the benchmarks against plain Keras and their targets (under 15 minutes; needs ../shared/data/mnist.npz)
+bench: ## the benchmarks against plain Keras and their targets (about 20 minutes here, see BENCHMARKS.md; needs ../shared/data/mnist.npz)
 	$(PYTHON) bench/bench.py
 	$(PYTHON) bench/data_memory.py  # image_folder peak RSS at 2,000 and 20,000 images (1 minute)
 
