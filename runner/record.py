@@ -148,14 +148,16 @@ def open_store(mlflow_cfg, cwd):
     mlflow.set_tracking_uri(uri)
     with _store_lock(uri):
         found = mlflow.get_experiment_by_name(mlflow_cfg.experiment_name)
-        if found is not None:
-            return found.experiment_id
-        db = sqlite_path(uri)
-        location = (db.parent / "mlartifacts").as_uri() if db else None
-        try:
-            return mlflow.create_experiment(mlflow_cfg.experiment_name, artifact_location=location)
-        except mlflow.exceptions.MlflowException:  # created meanwhile by a process on another store lock
-            return mlflow.get_experiment_by_name(mlflow_cfg.experiment_name).experiment_id
+        if found is None:
+            db = sqlite_path(uri)
+            location = (db.parent / "mlartifacts").as_uri() if db else None
+            try:
+                mlflow.create_experiment(mlflow_cfg.experiment_name, artifact_location=location)
+            except mlflow.exceptions.MlflowException:  # created meanwhile by a process on another store lock
+                pass
+            found = mlflow.get_experiment_by_name(mlflow_cfg.experiment_name)
+    landing.set_view(mlflow.MlflowClient(), found.experiment_id, found.tags)  # a write only when the view is new
+    return found.experiment_id
 
 
 def output_dir(root, run_id):

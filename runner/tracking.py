@@ -18,7 +18,7 @@ import keras
 import mlflow
 import numpy as np
 
-from runner import checkpoints, inputs, landing, provenance, record, signals
+from runner import checkpoints, inputs, provenance, record, signals
 from runner.record import Tag
 
 # Python packages a served model needs, pinned to what trained it: passed to MLflow so it does not
@@ -52,8 +52,6 @@ def log_start(cfg, model, job):
                      Tag.NOTE: describe(cfg, job.choices or {})})
     if cfg.mlflow.log_datasets:
         inputs.log_datasets(cfg.dataset)
-    experiment = mlflow.get_experiment(mlflow.active_run().info.experiment_id)
-    landing.set_view(mlflow.MlflowClient(), experiment.experiment_id, experiment.tags)  # once per experiment
     _start_early(cfg, job.cwd)
 
 
@@ -212,11 +210,11 @@ def model_summary(model):
     return "\n".join(lines) + "\n"
 
 
-def log_model(model, cfg, sample, step, summary=None):
+def log_model(model, cfg, sample, step, summary):
     """The model summary and, when asked, the trained model as an MLflow model (Keras flavour) with
     its signature and pinned requirements, linked to the run's metrics at `step` (the last epoch's
     and the test metrics). Returns its `models:/` URI, or None."""
-    mlflow.log_text(summary or model_summary(model), "model_summary.txt")
+    mlflow.log_text(summary, "model_summary.txt")
     if not cfg.mlflow.log_model:
         return None
     from mlflow.models import infer_signature
