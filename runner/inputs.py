@@ -13,7 +13,7 @@ import mlflow
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 
-from runner import data
+from runner import data, record
 
 SPLITS = ("train", "validation", "test")  # the contexts MLflow shows beside each dataset
 
@@ -22,7 +22,7 @@ def log_datasets(dataset_cfg):
     """Log the three splits as MLflow inputs, with their contexts; return the description."""
     info = data.inspect(dataset_cfg)
     datasets = [_dataset(info, split) for split in SPLITS]
-    mlflow.log_inputs(datasets, contexts=list(SPLITS), tags_list=[None] * len(SPLITS))
+    record.insert_shared(mlflow.log_inputs, datasets, list(SPLITS), [None] * len(SPLITS))  # shared by a sweep's jobs
     return info
 
 

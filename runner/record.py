@@ -156,7 +156,7 @@ def open_store(mlflow_cfg, cwd):
             except mlflow.exceptions.MlflowException:  # created meanwhile by a process on another store lock
                 pass
             found = mlflow.get_experiment_by_name(mlflow_cfg.experiment_name)
-    landing.set_view(mlflow.MlflowClient(), found.experiment_id, found.tags)  # a write only when the view is new
+    insert_shared(landing.set_view, mlflow.MlflowClient(), found.experiment_id, found.tags)  # a write only when new
     return found.experiment_id
 
 
@@ -411,6 +411,26 @@ def retry(fn, *args, tries=4):
                       file=sys.stderr)
                 return FAILED
             time.sleep(pause * 2**attempt)
+
+
+def insert_shared(write, *args, tries=5):
+    """Call a store write that inserts a row other jobs may insert too: an experiment's tag, a data set.
+
+    MLflow looks for the row, then inserts it; jobs of a sweep that start together all find none,
+    and all but one fail on the table's unique key (seen with 8 parallel jobs on PostgreSQL, and
+    with threads on SQLite). The row is there by then, so the write is tried again; any other
+    error is raised as it is."""
+    for attempt in range(tries):
+        try:
+            return write(*args)
+        except mlflow.exceptions.MlflowException as error:
+            if attempt == tries - 1 or not LOST_RACE.search(str(error)):
+                raise
+            time.sleep(0.05 * 2**attempt)
+
+
+# How SQLite, PostgreSQL, MySQL and SQL Server (through SQLAlchemy) say a unique key is taken
+LOST_RACE = re.compile(r"IntegrityError|UniqueViolation|unique constraint|Duplicate entry", re.IGNORECASE)
 
 
 def record_failure(experiment_id, run_name, tags, error):
