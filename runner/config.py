@@ -176,7 +176,7 @@ def validate(cfg: DictConfig) -> Graph:
     callbacks.validate(cfg.callbacks, schedules.validate(cfg.optimizer))
     class_weights.validate(cfg.dataset)
     prune.validate(cfg)
-    step_check(cfg.loop)
+    step_check(cfg.loop, cfg.optimizer)
     class_args("losses", "model.loss", cfg.model.loss)
     augment.validate(cfg)
     model = OmegaConf.to_container(cfg.model, resolve=True)
@@ -191,10 +191,16 @@ def validate(cfg: DictConfig) -> Graph:
     return graph
 
 
-def step_check(loop):
+def step_check(loop, optimizer):
     """loop.step and loop.accumulate_steps: only with loop=custom, the step's module opted in by name."""
     if loop.accumulate_steps < 1:
         raise ConfigError(f"loop.accumulate_steps: must be a positive integer, got {loop.accumulate_steps}.")
+    own = optimizer.get("gradient_accumulation_steps")
+    if loop.accumulate_steps > 1 and own is not None:
+        raise ConfigError(
+            f"loop.accumulate_steps: {loop.accumulate_steps}, and optimizer.gradient_accumulation_steps: {own} "
+            "accumulates too; one would replace the other. Keep loop.accumulate_steps (it works with both loops) "
+            "and remove the optimizer's.")
     if loop.step is not None and loop.name != "custom":
         raise ConfigError("loop.step: sets the training step of loop=custom; add `loop=custom`.")
     if loop.step is None:

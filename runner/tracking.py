@@ -8,6 +8,7 @@ writes into the active run.
 
 import os
 import resource
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ import mlflow
 import numpy as np
 
 from runner import checkpoints, inputs, provenance, record, signals
+from runner.data import augment
 from runner.record import Tag
 
 # Python packages a served model needs, pinned to what trained it: passed to MLflow so it does not
@@ -73,6 +75,16 @@ def _start_early(cfg, cwd):
     _early = (mlflow.active_run().info.run_id, jobs)
 
 
+def keep_environment():
+    """For a run that failed: log the environment its thread read, if it started one. Never raises:
+    the run's own error is the one to report."""
+    try:
+        log_early()
+    except Exception as error:  # noqa: BLE001
+        print(f"runner: could not record the environment of the failed run: {record.redact_uri(str(error))}",
+              file=sys.stderr)
+
+
 def log_early():
     """Wait for the work `log_start` started, log the environment it read and return what it made
     ({name: result}); an error of that work is raised here, in the run (MLflow's active run is per
@@ -97,6 +109,7 @@ def headline(cfg, choices, num_params):
         "dataset": cfg.dataset.name, "optimizer": cfg.optimizer.get("class_name"),
         "learning_rate": cfg.optimizer.get("learning_rate"), "batch_size": cfg.loop.batch_size,
         "epochs": cfg.loop.epochs, "precision": cfg.loop.precision, "loop": cfg.loop.name, "parameters": num_params,
+        "loss": augment.loss_config(cfg)["class_name"],  # the compiled one: one-hot labels switch model.loss
     }
 
 

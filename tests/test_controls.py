@@ -298,6 +298,8 @@ EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples
     (["loop=custom", "loop.step=nowhere_steps.make", "loop.step_modules=[nowhere_steps]"],
      r"loop.step: no module 'nowhere_steps' on the Python path"),
     (["loop.accumulate_steps=0"], r"loop.accumulate_steps: must be a positive integer, got 0"),
+    (["loop.accumulate_steps=2", "+optimizer.gradient_accumulation_steps=4"],
+     r"loop.accumulate_steps: 2, and optimizer.gradient_accumulation_steps: 4 accumulates too; one would replace"),
 ])
 def test_step_misuse_is_refused_before_tensorflow(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -30,6 +30,8 @@ def test_diverging_run_stops_at_the_first_nan_and_fails(make_cfg, store, tmp_pat
     assert found.info.status == "FAILED"
     assert "TrainingDiverged: the training loss became non-finite at epoch 1" in found.data.tags["error"]
     assert client.get_metric_history(found.info.run_id, "loss") == []  # stopped inside epoch 1
+    assert found.data.tags["runner.command"] and "environment/requirements.txt" in {  # what it ran on
+        a.path for a in client.list_artifacts(found.info.run_id, "environment")}
 
 
 def start(args, cwd):

@@ -75,7 +75,16 @@ def test_description_headline_params_and_user_tags(recorded):
     assert note.endswith(f"test accuracy {results['test_accuracy']:.4f}")
     assert params["model"] == "digits_cnn" and params["dataset"] == "digits" and params["batch_size"] == "32"
     assert params["parameters"] == "151306" and params["optimizer"] == "Adam"
+    assert params["loss"] == "SparseCategoricalCrossentropy"
     assert tags["baseline"] == tags["ablation"] == "true" and tags[Tag.USER_TAGS] == "baseline,ablation"
+
+
+def test_the_headline_loss_is_the_compiled_one(make_cfg):
+    from runner.tracking import headline
+
+    assert headline(make_cfg(), {}, 1)["loss"] == "SparseCategoricalCrossentropy"
+    smoothed = headline(make_cfg("model.label_smoothing=0.1"), {}, 1)
+    assert smoothed["loss"] == "CategoricalCrossentropy"  # model.loss still says Sparse: the labels are one-hot
 
 
 def test_the_experiment_carries_the_runner_view(recorded):
