@@ -47,34 +47,43 @@ def wait_for(pattern, cwd, proc, timeout=180):
     raise AssertionError(f"nothing matched {pattern} within {timeout} s")
 
 
-def test_scancel_ends_the_run_killed_with_its_checkpoint_and_resume_finishes_it(tmp_path, slurm):
+def submit(cwd, *overrides):
+    """`runner -m hydra/launcher=slurm <overrides>` of one job, running; with its environment."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    epochs = 30
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", "-m", "hydra/launcher=slurm", f"loop.epochs={epochs}", "loop.verbose=0",
-         "mlflow.log_model=false"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    wait_for("multirun/*/*/0/run-*/checkpoints/state.json", tmp_path, proc)
-    (job_dir,) = tmp_path.glob("multirun/*/*/.submitit/[0-9]*")
-    subprocess.run(["scancel", job_dir.name], check=True, timeout=30)  # SIGTERM to the job's processes
-    out, err = proc.communicate(timeout=180)  # the sweep goes on and ends: it does not wait forever
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "-m", "hydra/launcher=slurm", "loop.verbose=0",
+                             "mlflow.log_model=false", *overrides], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    return proc, env
+
+
+def assert_killed_then_resumed(cwd, proc, env, epochs, endings, timeout):
+    """The one-job sweep ends (exit 1) with its run KILLED by one of `endings`, epochs logged and a
+    checkpoint kept; `runner resume=<id>` then finishes it with one point per epoch."""
+    out, err = proc.communicate(timeout=timeout)  # the sweep goes on and ends: it does not wait forever
     assert proc.returncode == 1, err[-3000:]
     assert "0 of 1 jobs FINISHED, 1 not" in out
-    client, parent, (child,) = one_parent(tmp_path)
+    client, _, (child,) = one_parent(cwd)
     assert child.info.status == "KILLED", child.data.tags
-    assert child.data.tags["error"] == "Terminated: terminated by SIGTERM"
-    done_epochs = len(client.get_metric_history(child.info.run_id, "loss"))
-    assert 1 <= done_epochs < epochs
-    assert list(tmp_path.glob("multirun/*/*/0/run-*/checkpoints/epoch-*/model.weights.h5"))
-    log = next(job_dir.glob("*_log.err")).read_text()
-    assert "CANCELLED" in log and "runner: interrupted: terminated by SIGTERM" in log
+    assert child.data.tags["error"] in endings
+    assert 1 <= len(client.get_metric_history(child.info.run_id, "loss")) < epochs
+    assert list(Path(cwd).glob("multirun/*/*/0/run-*/checkpoints/epoch-*/model.weights.h5"))
 
-    resumed = subprocess.run([sys.executable, "-m", "runner", f"resume={child.info.run_id}"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([sys.executable, "-m", "runner", f"resume={child.info.run_id}"], cwd=cwd, env=env,
+                             capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run = client.get_run(child.info.run_id)
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, epochs + 1))
+
+
+def test_scancel_ends_the_run_killed_with_its_checkpoint_and_resume_finishes_it(tmp_path, slurm):
+    proc, env = submit(tmp_path, "loop.epochs=30")
+    wait_for("multirun/*/*/0/run-*/checkpoints/state.json", tmp_path, proc)
+    (job_dir,) = tmp_path.glob("multirun/*/*/.submitit/[0-9]*")
+    subprocess.run(["scancel", job_dir.name], check=True, timeout=30)  # SIGTERM to the job's processes
+    assert_killed_then_resumed(tmp_path, proc, env, 30, ["Terminated: terminated by SIGTERM"], timeout=180)
+    log = next(job_dir.glob("*_log.err")).read_text()
+    assert "CANCELLED" in log and "runner: interrupted: terminated by SIGTERM" in log
 
 
 def test_a_sweep_on_submitits_local_executor(tmp_path):
@@ -102,32 +111,10 @@ def test_one_slurm_job_of_two_tasks_is_one_multi_worker_training(tmp_path, slurm
 
 def test_a_job_past_its_time_limit_ends_killed_with_its_checkpoint_and_resumes(tmp_path, slurm):
     # timeout_min=1: submitit asks SLURM for SIGUSR2 signal_delay_s before the limit, and the runner
-    # ends the run as after scancel. (Without it the job gets SIGTERM at the limit: the same ending,
-    # through the SIGTERM handler.)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    epochs = 200  # far past a minute
-    proc = subprocess.Popen(
-        # SIGUSR2 30 s before the 1-minute limit: the default 120 s would come before the run has even started
-        [sys.executable, "-m", "runner", "-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=1",
-         "hydra.launcher.signal_delay_s=30",
-         f"loop.epochs={epochs}", "loop.verbose=0", "dataset.limit=300", "mlflow.log_model=false"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 1, err[-3000:]
-    assert "0 of 1 jobs FINISHED, 1 not" in out
-    client, parent, (child,) = one_parent(tmp_path)
-    assert child.info.status == "KILLED", child.data.tags
-    # SLURM checks its timers every 30 s or so: the warning usually comes first, SIGTERM at the limit if not
-    assert child.data.tags["error"] in ("Terminated: the SLURM job got SIGUSR2 (its time limit is near)",
-                                        "Terminated: terminated by SIGTERM")
-    done_epochs = len(client.get_metric_history(child.info.run_id, "loss"))
-    assert 1 <= done_epochs < epochs
-    assert list(tmp_path.glob("multirun/*/*/0/run-*/checkpoints/epoch-*/model.weights.h5"))
-
-    resumed = subprocess.run([sys.executable, "-m", "runner", f"resume={child.info.run_id}"],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    run = client.get_run(child.info.run_id)
-    assert run.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, epochs + 1))
+    # ends the run as after scancel. The default delay, 120 s, would come before the run has even
+    # started, hence 30 s. SLURM checks its timers every 30 s or so: the warning usually comes first,
+    # SIGTERM at the limit if not (the same ending, through the SIGTERM handler).
+    proc, env = submit(tmp_path, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
+                       "loop.epochs=200", "dataset.limit=300")  # 200 epochs: far past a minute
+    endings = ["Terminated: the SLURM job got SIGUSR2 (its time limit is near)", "Terminated: terminated by SIGTERM"]
+    assert_killed_then_resumed(tmp_path, proc, env, 200, endings, timeout=240)
