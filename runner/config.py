@@ -192,15 +192,16 @@ def validate(cfg: DictConfig) -> Graph:
 
 
 def step_check(loop, optimizer):
-    """loop.step and loop.accumulate_steps: only with loop=custom, the step's module opted in by name."""
+    """loop.step: only with loop=custom, the step's module opted in by name; loop.accumulate_steps: a
+    positive count, not beside the user's step or the optimizer's own gradient_accumulation_steps."""
     if loop.accumulate_steps < 1:
         raise ConfigError(f"loop.accumulate_steps: must be a positive integer, got {loop.accumulate_steps}.")
     own = optimizer.get("gradient_accumulation_steps")
-    if loop.accumulate_steps > 1 and own is not None:
+    if loop.accumulate_steps > 1 and own:
         raise ConfigError(
             f"loop.accumulate_steps: {loop.accumulate_steps}, and optimizer.gradient_accumulation_steps: {own} "
-            "accumulates too; one would replace the other. Keep loop.accumulate_steps (it works with both loops) "
-            "and remove the optimizer's.")
+            "accumulates too (loop=fit would drop it, loop=custom would multiply the two). Keep "
+            "loop.accumulate_steps (it works with both loops) and remove the optimizer's.")
     if loop.step is not None and loop.name != "custom":
         raise ConfigError("loop.step: sets the training step of loop=custom; add `loop=custom`.")
     if loop.step is None:

@@ -22,7 +22,7 @@ def log_datasets(dataset_cfg):
     """Log the three splits as MLflow inputs, with their contexts; return the description."""
     info = data.inspect(dataset_cfg)
     datasets = [_dataset(info, split) for split in SPLITS]
-    record.insert_shared(mlflow.log_inputs, datasets, list(SPLITS), [None] * len(SPLITS))  # shared by a sweep's jobs
+    record.insert_shared(mlflow.log_inputs, datasets, contexts=list(SPLITS), tags_list=[None] * len(SPLITS))
     return info
 
 

@@ -413,24 +413,27 @@ def retry(fn, *args, tries=4):
             time.sleep(pause * 2**attempt)
 
 
-def insert_shared(write, *args, tries=5):
+# How SQLite, PostgreSQL, MySQL, SQL Server and Oracle (through SQLAlchemy, and a tracking server's
+# "BAD_REQUEST: " in front) say a unique key is taken; not other integrity errors (a foreign key, a null)
+LOST_RACE = re.compile(r"UNIQUE constraint failed|UniqueViolation|duplicate key|Duplicate entry|"
+                       r"Violation of (UNIQUE|PRIMARY) KEY|ORA-00001", re.IGNORECASE)
+RACE_TRIES = 5  # the rival job's insert has committed when ours fails: one more try finds the row, 4 spare
+
+
+def insert_shared(write, *args, **kwargs):
     """Call a store write that inserts a row other jobs may insert too: an experiment's tag, a data set.
 
     MLflow looks for the row, then inserts it; jobs of a sweep that start together all find none,
     and all but one fail on the table's unique key (seen with 8 parallel jobs on PostgreSQL, and
     with threads on SQLite). The row is there by then, so the write is tried again; any other
     error is raised as it is."""
-    for attempt in range(tries):
+    for attempt in range(RACE_TRIES):
         try:
-            return write(*args)
+            return write(*args, **kwargs)
         except mlflow.exceptions.MlflowException as error:
-            if attempt == tries - 1 or not LOST_RACE.search(str(error)):
+            if attempt == RACE_TRIES - 1 or not LOST_RACE.search(str(error)):
                 raise
             time.sleep(0.05 * 2**attempt)
-
-
-# How SQLite, PostgreSQL, MySQL and SQL Server (through SQLAlchemy) say a unique key is taken
-LOST_RACE = re.compile(r"IntegrityError|UniqueViolation|unique constraint|Duplicate entry", re.IGNORECASE)
 
 
 def record_failure(experiment_id, run_name, tags, error):

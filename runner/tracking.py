@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
+from mlflow.exceptions import MlflowException
 
 from runner import checkpoints, inputs, provenance, record, signals
 from runner.data import augment
@@ -75,14 +76,23 @@ def _start_early(cfg, cwd):
     _early = (mlflow.active_run().info.run_id, jobs)
 
 
-def keep_environment():
-    """For a run that failed: log the environment its thread read, if it started one. Never raises:
-    the run's own error is the one to report."""
+def keep_environment(error):
+    """For a run that failed with `error`: log the environment its thread read, waiting a few seconds
+    at most. Not when the store itself failed (each write would wait out MLflow's retries), and
+    never raising: the run's own error is the one to report, also when a kill arrives meanwhile."""
+    global _early
+    (run_id, jobs), _early = _early or (None, {}), None
+    read = jobs.get("environment")
+    if read is None or run_id != mlflow.active_run().info.run_id or isinstance(error, (MlflowException, OSError)):
+        return
     try:
-        log_early()
-    except Exception as error:  # noqa: BLE001
-        print(f"runner: could not record the environment of the failed run: {record.redact_uri(str(error))}",
-              file=sys.stderr)
+        with signals.deferred():  # a kill cuts no write in half, and is raised after...
+            _log_environment(read.result(timeout=ENVIRONMENT_WAIT))
+    except BaseException as cause:  # noqa: BLE001  (...where it ends this, not the run's own error)
+        print(f"runner: the failed run has no environment record: {record.redact_uri(repr(cause))}", file=sys.stderr)
+
+
+ENVIRONMENT_WAIT = 10  # s: git and the package list take well under 1 s; a hung `git` is bounded at 10 s
 
 
 def log_early():
@@ -93,13 +103,19 @@ def log_early():
     (run_id, jobs), _early = _early or (None, {}), None
     if run_id != mlflow.active_run().info.run_id:  # nothing started, or a failed run's, left behind
         return {}
-    done = {name: job.result() for name, job in jobs.items()}
-    if "environment" in done:
-        tags, files = done["environment"]
-        mlflow.set_tags(tags)
-        for name, text in files.items():
-            mlflow.log_text(text, name)
+    done = {}
+    for name, job in jobs.items():  # the environment first: logged even if a later job failed
+        done[name] = job.result()
+        if name == "environment":
+            _log_environment(done[name])
     return done
+
+
+def _log_environment(environment):
+    tags, files = environment
+    mlflow.set_tags(tags)
+    for name, text in files.items():
+        mlflow.log_text(text, name)
 
 
 def headline(cfg, choices, num_params):

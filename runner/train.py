@@ -59,8 +59,8 @@ def run(cfg, job=None, **fields):
             results = work.train(out / "checkpoints")
             work.train_data = None  # the pipeline's copy of the training examples goes before the record's peak
             report(work, results, out, plan.cfg, resumed=plan.output_dir is not None, choices=job.choices)
-        except Exception:  # not a kill (KeyboardInterrupt): that ends at once
-            tracking.keep_environment()  # what a failed run ran on is what its reader asks first
+        except Exception as error:  # not a kill (KeyboardInterrupt): that ends at once
+            tracking.keep_environment(error)  # what a failed run ran on is what its reader asks first
             raise
         elapsed = time.perf_counter() - started
     _summary(active, results, work.model.count_params(), elapsed, record.ui_link(active))

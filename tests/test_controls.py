@@ -299,11 +299,16 @@ EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples
      r"loop.step: no module 'nowhere_steps' on the Python path"),
     (["loop.accumulate_steps=0"], r"loop.accumulate_steps: must be a positive integer, got 0"),
     (["loop.accumulate_steps=2", "+optimizer.gradient_accumulation_steps=4"],
-     r"loop.accumulate_steps: 2, and optimizer.gradient_accumulation_steps: 4 accumulates too; one would replace"),
+     r"loop.accumulate_steps: 2, and optimizer.gradient_accumulation_steps: 4 accumulates too \(loop=fit would drop"),
 ])
 def test_step_misuse_is_refused_before_tensorflow(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message):
         config.validate(make_cfg(*overrides))
+
+
+def test_the_optimizers_own_accumulation_alone_is_keras_own(make_cfg):
+    config.validate(make_cfg("+optimizer.gradient_accumulation_steps=4"))
+    config.validate(make_cfg("loop.accumulate_steps=2", "+optimizer.gradient_accumulation_steps=0"))  # Keras: off
 
 
 def test_a_step_with_the_wrong_signature_is_refused_before_training(make_cfg, tmp_path, monkeypatch):

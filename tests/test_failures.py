@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from runner.errors import TrainingDiverged
+from runner.record import Tag
 from runner.train import run
 
 DIVERGE = ["optimizer=sgd", "optimizer.learning_rate=1e12", "optimizer.momentum=0.0"]
@@ -30,8 +31,20 @@ def test_diverging_run_stops_at_the_first_nan_and_fails(make_cfg, store, tmp_pat
     assert found.info.status == "FAILED"
     assert "TrainingDiverged: the training loss became non-finite at epoch 1" in found.data.tags["error"]
     assert client.get_metric_history(found.info.run_id, "loss") == []  # stopped inside epoch 1
-    assert found.data.tags["runner.command"] and "environment/requirements.txt" in {  # what it ran on
+    assert found.data.tags[Tag.COMMAND] and "environment/requirements.txt" in {  # what it ran on
         a.path for a in client.list_artifacts(found.info.run_id, "environment")}
+
+
+def test_a_failed_read_of_the_environment_leaves_the_runs_own_error(make_cfg, store, tmp_path, monkeypatch):
+    def broken(cwd):
+        raise RuntimeError("git exploded")
+
+    monkeypatch.setattr("runner.provenance.tags", broken)
+    with pytest.raises(TrainingDiverged):
+        run(make_cfg(*DIVERGE, "loop.epochs=2", f"mlflow.tracking_uri={store}"), cwd=tmp_path)
+    _, (found,) = runs(store)
+    assert found.info.status == "FAILED" and found.data.tags["error"].startswith("TrainingDiverged: ")
+    assert Tag.COMMAND not in found.data.tags
 
 
 def start(args, cwd):
