@@ -110,11 +110,12 @@ def test_one_slurm_job_of_two_tasks_is_one_multi_worker_training(tmp_path, slurm
 
 
 def test_a_job_past_its_time_limit_ends_killed_with_its_checkpoint_and_resumes(tmp_path, slurm):
-    # timeout_min=1: submitit asks SLURM for SIGUSR2 signal_delay_s before the limit, and the runner
-    # ends the run as after scancel. The default delay, 120 s, would come before the run has even
-    # started, hence 30 s. SLURM checks its timers every 30 s or so: the warning usually comes first,
-    # SIGTERM at the limit if not (the same ending, through the SIGTERM handler).
-    proc, env = submit(tmp_path, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
-                       "loop.epochs=200", "dataset.limit=300")  # 200 epochs: far past a minute
+    # submitit asks SLURM for SIGUSR2 signal_delay_s before the limit, and the runner ends the run as
+    # after scancel; SIGTERM at the limit, if it comes first, is the same ending. SLURM may send the
+    # signal up to 60 s early (sbatch(1), --signal): with a 1-minute limit it came 7 s after the start,
+    # before any epoch (CI). Hence 2 minutes, the signal asked 30 s before (so 30 s after the start at
+    # the earliest), and 1000 epochs of ~0.2 s, which no job finishes within the limit.
+    proc, env = submit(tmp_path, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30",
+                       "loop.epochs=1000", "dataset.limit=300")
     endings = ["Terminated: the SLURM job got SIGUSR2 (its time limit is near)", "Terminated: terminated by SIGTERM"]
-    assert_killed_then_resumed(tmp_path, proc, env, 200, endings, timeout=240)
+    assert_killed_then_resumed(tmp_path, proc, env, 1000, endings, timeout=300)
