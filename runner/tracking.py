@@ -60,9 +60,8 @@ def log_start(cfg, model, job):
 
 def _start_early(cfg, cwd):
     """Start what the end of the record needs and can have before the model is trained: the
-    environment (git's subprocesses, the package list), matplotlib's first drawing (its fonts, a
-    third of a second) and MLflow's package map, in a thread while the model trains (TensorFlow works
-    outside the GIL). Not
+    environment (git's subprocesses, the package list) and matplotlib's first drawing (its fonts, a
+    third of a second), in a thread while the model trains (TensorFlow works outside the GIL). Not
     the model summary: its optimizer lines depend on whether training has built the optimizer yet."""
     from runner import figures
 
@@ -73,18 +72,8 @@ def _start_early(cfg, cwd):
         jobs["environment"] = pool.submit(provenance.tags, cwd)
     if cfg.mlflow.log_figures:
         jobs["figures"] = pool.submit(figures.warm_up)
-    if cfg.mlflow.log_model:
-        jobs["requirements"] = pool.submit(_warm_requirements)
     pool.shutdown(wait=False)  # the thread ends with its tasks
     _early = (mlflow.active_run().info.run_id, jobs)
-
-
-def _warm_requirements():
-    """log_model checks the model's pinned requirements against what is installed, through MLflow's map
-    of every installed package's modules (0.3 s, then cached): built here, while the model trains."""
-    from mlflow.utils import requirements_utils
-
-    getattr(requirements_utils, "_init_modules_to_packages_map", lambda: None)()  # MLflow's own cache, if any
 
 
 def keep_environment(error):
@@ -94,7 +83,7 @@ def keep_environment(error):
     global _early
     (run_id, jobs), _early = _early or (None, {}), None
     read = jobs.get("environment")
-    if read is None or run_id != mlflow.active_run().info.run_id or isinstance(error, MlflowException):
+    if read is None or run_id != mlflow.active_run().info.run_id or isinstance(error, (MlflowException, OSError)):
         return
     try:
         with signals.deferred():  # a kill cuts no write in half, and is raised after...

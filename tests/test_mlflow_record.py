@@ -143,7 +143,7 @@ def test_the_record_read_during_training_surfaces_its_error_and_stays_with_its_r
 
     from runner import tracking
 
-    cfg = OmegaConf.create({"mlflow": {"log_environment": True, "log_figures": False, "log_model": False}})
+    cfg = OmegaConf.create({"mlflow": {"log_environment": True, "log_figures": False}})
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
         def broken(cwd):
