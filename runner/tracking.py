@@ -83,7 +83,7 @@ def keep_environment(error):
     global _early
     (run_id, jobs), _early = _early or (None, {}), None
     read = jobs.get("environment")
-    if read is None or run_id != mlflow.active_run().info.run_id or isinstance(error, (MlflowException, OSError)):
+    if read is None or run_id != mlflow.active_run().info.run_id or isinstance(error, MlflowException):
         return
     try:
         with signals.deferred():  # a kill cuts no write in half, and is raised after...
