@@ -363,7 +363,8 @@ def end(run_id, error=None):
     status = "FINISHED"
     if error is not None:
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-        message = redact_uri(f"{type(error).__name__}: {error}")[:5000]
+        notes = "".join(f" ({note})" for note in getattr(error, "__notes__", ()))  # e.g. the failure a kill cut short
+        message = redact_uri(f"{type(error).__name__}: {error}{notes}")[:5000]
         retry(client.set_tag, run_id, Tag.ERROR, message)
         if not isinstance(error, (KeyboardInterrupt, ConfigError)):
             text = "".join(traceback.format_exception(error))

@@ -29,6 +29,7 @@ from runner.record import Tag
 MODEL_REQUIREMENTS = ("tensorflow", "keras", "numpy")
 _clock = None  # (wall, CPU seconds of this process) when the current run started: its mean CPU
 _early = None  # (run id, {name: Future}): the record's work started while the model trains
+ENVIRONMENT_WAIT = 10  # s a failed run waits for it: git and the package list take well under 1 s
 
 
 def system_metrics(mlflow_cfg):
@@ -78,21 +79,23 @@ def _start_early(cfg, cwd):
 
 def keep_environment(error):
     """For a run that failed with `error`: log the environment its thread read, waiting a few seconds
-    at most. Not when the store itself failed (each write would wait out MLflow's retries), and
-    never raising: the run's own error is the one to report, also when a kill arrives meanwhile."""
+    at most. Not when the store itself failed (each write would wait out MLflow's retries). An error
+    here is reported, not raised: the run's own is the one to report. A kill meanwhile is raised (the
+    run ends KILLED, its message naming the failure it interrupted), but cuts no write in half."""
     global _early
     (run_id, jobs), _early = _early or (None, {}), None
     read = jobs.get("environment")
     if read is None or run_id != mlflow.active_run().info.run_id or isinstance(error, MlflowException):
         return
     try:
-        with signals.deferred():  # a kill cuts no write in half, and is raised after...
-            _log_environment(read.result(timeout=ENVIRONMENT_WAIT))
-    except BaseException as cause:  # noqa: BLE001  (...where it ends this, not the run's own error)
+        environment = read.result(timeout=ENVIRONMENT_WAIT)
+        with signals.deferred():
+            _log_environment(environment)
+    except KeyboardInterrupt as kill:  # honoured at once: the run ends KILLED, naming the failure it cut short
+        kill.__notes__ = [*getattr(kill, "__notes__", []), f"after {type(error).__name__}: {error}"]
+        raise
+    except Exception as cause:  # noqa: BLE001
         print(f"runner: the failed run has no environment record: {record.redact_uri(repr(cause))}", file=sys.stderr)
-
-
-ENVIRONMENT_WAIT = 10  # s: git and the package list take well under 1 s; a hung `git` is bounded at 10 s
 
 
 def log_early():

@@ -114,3 +114,26 @@ def test_kill_9_then_resume_gives_one_point_per_epoch_and_the_same_result(tmp_pa
     # restored optimizer state: the same arithmetic, equal up to float summation order.
     for key in ("test_accuracy", "test_loss", "loss"):
         assert found.data.metrics[key] == pytest.approx(reference.data.metrics[key], rel=1e-4), key
+
+
+def test_a_kill_while_a_failed_run_waits_for_its_environment_ends_it_killed_at_once(store, monkeypatch):
+    import concurrent.futures
+    import threading
+
+    import mlflow
+
+    from runner import record, tracking
+
+    monkeypatch.setattr(tracking, "ENVIRONMENT_WAIT", 60)
+    mlflow.set_tracking_uri(store)
+    with mlflow.start_run() as active:
+        tracking._early = (active.info.run_id, {"environment": concurrent.futures.Future()})  # never read
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C while it waits
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt) as killed:
+            tracking.keep_environment(RuntimeError("the data loader broke"))
+        assert time.monotonic() - started < 30  # honoured, not held for the wait
+        record.end(active.info.run_id, killed.value)
+    found = MlflowClient(store).get_run(active.info.run_id)
+    assert found.info.status == "KILLED"
+    assert found.data.tags["error"] == "KeyboardInterrupt:  (after RuntimeError: the data loader broke)"

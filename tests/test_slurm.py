@@ -47,12 +47,12 @@ def wait_for(pattern, cwd, proc, timeout=180):
     raise AssertionError(f"nothing matched {pattern} within {timeout} s")
 
 
-def submit(cwd, *overrides):
-    """`runner -m hydra/launcher=slurm <overrides>` of one job, running; with its environment."""
+def submit(cwd, epochs, *overrides):
+    """`runner -m hydra/launcher=slurm loop.epochs=<epochs> <overrides>` of one job, running; with its environment."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "-m", "hydra/launcher=slurm", "loop.verbose=0",
-                             "mlflow.log_model=false", *overrides], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "-m", "hydra/launcher=slurm", f"loop.epochs={epochs}",
+                             "loop.verbose=0", "mlflow.log_model=false", *overrides], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return proc, env
 
 
@@ -77,11 +77,12 @@ def assert_killed_then_resumed(cwd, proc, env, epochs, endings, timeout):
 
 
 def test_scancel_ends_the_run_killed_with_its_checkpoint_and_resume_finishes_it(tmp_path, slurm):
-    proc, env = submit(tmp_path, "loop.epochs=30")
+    epochs = 30
+    proc, env = submit(tmp_path, epochs)
     wait_for("multirun/*/*/0/run-*/checkpoints/state.json", tmp_path, proc)
     (job_dir,) = tmp_path.glob("multirun/*/*/.submitit/[0-9]*")
     subprocess.run(["scancel", job_dir.name], check=True, timeout=30)  # SIGTERM to the job's processes
-    assert_killed_then_resumed(tmp_path, proc, env, 30, ["Terminated: terminated by SIGTERM"], timeout=180)
+    assert_killed_then_resumed(tmp_path, proc, env, epochs, ["Terminated: terminated by SIGTERM"], timeout=180)
     log = next(job_dir.glob("*_log.err")).read_text()
     assert "CANCELLED" in log and "runner: interrupted: terminated by SIGTERM" in log
 
@@ -113,9 +114,10 @@ def test_a_job_past_its_time_limit_ends_killed_with_its_checkpoint_and_resumes(t
     # submitit asks SLURM for SIGUSR2 signal_delay_s before the limit, and the runner ends the run as
     # after scancel; SIGTERM at the limit, if it comes first, is the same ending. SLURM may send the
     # signal up to 60 s early (sbatch(1), --signal): with a 1-minute limit it came 7 s after the start,
-    # before any epoch (CI). Hence 2 minutes, the signal asked 30 s before (so 30 s after the start at
-    # the earliest), and 1000 epochs of ~0.2 s, which no job finishes within the limit.
-    proc, env = submit(tmp_path, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30",
-                       "loop.epochs=1000", "dataset.limit=300")
+    # before any epoch (CI). Hence 2 minutes with the signal asked 30 s before: 30 s after the start at
+    # the earliest, against ~8 s to the first checkpoint here. 1000 epochs of the whole digits set
+    # (~0.2 s each in the job, measured) take past the limit; 300 examples (~0.09 s) did not always.
+    epochs = 1000
+    proc, env = submit(tmp_path, epochs, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30")
     endings = ["Terminated: the SLURM job got SIGUSR2 (its time limit is near)", "Terminated: terminated by SIGTERM"]
-    assert_killed_then_resumed(tmp_path, proc, env, 1000, endings, timeout=300)
+    assert_killed_then_resumed(tmp_path, proc, env, epochs, endings, timeout=300)
