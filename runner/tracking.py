@@ -88,7 +88,10 @@ def keep_environment(error):
     if read is None or run_id != mlflow.active_run().info.run_id or isinstance(error, MlflowException):
         return
     try:
-        environment = read.result(timeout=ENVIRONMENT_WAIT)
+        deadline = time.monotonic() + ENVIRONMENT_WAIT
+        while not read.done() and time.monotonic() < deadline:  # short sleeps: Ctrl-C reaches any thread
+            time.sleep(0.05)  # of the process, and the main thread handles it when it next runs Python
+        environment = read.result(timeout=0)
         with signals.deferred():
             _log_environment(environment)
     except KeyboardInterrupt as kill:  # honoured at once: the run ends KILLED, naming the failure it cut short

@@ -126,14 +126,18 @@ def test_a_kill_while_a_failed_run_waits_for_its_environment_ends_it_killed_at_o
 
     monkeypatch.setattr(tracking, "ENVIRONMENT_WAIT", 60)
     mlflow.set_tracking_uri(store)
-    with mlflow.start_run() as active:
-        tracking._early = (active.info.run_id, {"environment": concurrent.futures.Future()})  # never read
-        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C while it waits
-        started = time.monotonic()
-        with pytest.raises(KeyboardInterrupt) as killed:
-            tracking.keep_environment(RuntimeError("the data loader broke"))
-        assert time.monotonic() - started < 30  # honoured, not held for the wait
-        record.end(active.info.run_id, killed.value)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran before
+    try:
+        with mlflow.start_run() as active:
+            tracking._early = (active.info.run_id, {"environment": concurrent.futures.Future()})  # never read
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C while it waits
+            started = time.monotonic()
+            with pytest.raises(KeyboardInterrupt) as killed:
+                tracking.keep_environment(RuntimeError("the data loader broke"))
+            assert time.monotonic() - started < 30  # honoured, not held for the wait
+            record.end(active.info.run_id, killed.value)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     found = MlflowClient(store).get_run(active.info.run_id)
     assert found.info.status == "KILLED"
     assert found.data.tags["error"] == "KeyboardInterrupt:  (after RuntimeError: the data loader broke)"
