@@ -82,10 +82,8 @@ def keep_environment(error):
     at most. Not when the store itself failed (each write would wait out MLflow's retries). An error
     here is reported, not raised: the run's own is the one to report. A kill meanwhile is raised (the
     run ends KILLED, its message naming the failure it interrupted), but cuts no write in half."""
-    global _early
-    (run_id, jobs), _early = _early or (None, {}), None
-    read = jobs.get("environment")
-    if read is None or run_id != mlflow.active_run().info.run_id or isinstance(error, MlflowException):
+    read = _take_early().get("environment")
+    if read is None or isinstance(error, MlflowException):
         return
     try:
         deadline = time.monotonic() + ENVIRONMENT_WAIT
@@ -105,16 +103,20 @@ def log_early():
     """Wait for the work `log_start` started, log the environment it read and return what it made
     ({name: result}); an error of that work is raised here, in the run (MLflow's active run is per
     thread: the thread only reads)."""
-    global _early
-    (run_id, jobs), _early = _early or (None, {}), None
-    if run_id != mlflow.active_run().info.run_id:  # nothing started, or a failed run's, left behind
-        return {}
     done = {}
-    for name, job in jobs.items():  # the environment first: logged even if a later job failed
+    for name, job in _take_early().items():  # the environment first: logged even if a later job failed
         done[name] = job.result()
         if name == "environment":
             _log_environment(done[name])
     return done
+
+
+def _take_early():
+    """The work `log_start` started for the active run ({name: Future}), taken once: nothing when
+    nothing started, or when what did was a failed run's, left behind."""
+    global _early
+    (run_id, jobs), _early = _early or (None, {}), None
+    return jobs if run_id == mlflow.active_run().info.run_id else {}
 
 
 def _log_environment(environment):
