@@ -1,10 +1,12 @@
-"""What README shows, a test runs: every `runner` command in README.md's code blocks, made cheap.
+"""What README shows, a test runs: every `runner` command in the code blocks of README.md and docs/*.md,
+made cheap.
 
 Each command runs as written, plus overrides that only shorten it (one epoch,
 a few hundred examples) and the local paths this machine has in place of the
-README's placeholders. A command that needs a cluster is run by its own test
-(named in SKIP); anything else that the README shows and that fails here fails
-this test.
+placeholders. A command that needs a cluster is run by its own test (named in
+SKIP); anything else that README or docs/ show and that fails here fails this
+test. A command shown in several files runs once, under the first file that
+shows it (README first, then docs/ by name).
 """
 
 import os
@@ -18,8 +20,10 @@ import numpy as np
 import pytest
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-MNIST = README.parents[1] / "shared" / "data" / "mnist.npz"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+MNIST = ROOT.parent / "shared" / "data" / "mnist.npz"
 SHORT = ["loop.epochs=1", "dataset.limit=256", "loop.verbose=0"]
 # Commands run elsewhere, with the real engine they need.
 SKIP = {
@@ -30,10 +34,10 @@ SKIP = {
 }
 
 
-def readme_commands():
-    """Every `runner` command in README's code: indented blocks and ```bash fences alike."""
+def page_commands(page):
+    """Every `runner` command in a page's code: indented blocks and ```bash fences alike."""
     commands, fenced = [], False
-    for line in README.read_text().splitlines():
+    for line in page.read_text().splitlines():
         if line.startswith("```"):
             fenced = line.strip() in ("```bash", "```sh", "```console", "```shell")
             continue
@@ -43,15 +47,45 @@ def readme_commands():
     return list(dict.fromkeys(commands))
 
 
-COMMANDS = readme_commands()
+def shown_commands():
+    """(page, command) for every command of README and docs/, each command once: where it is first shown."""
+    first = {}
+    for page in PAGES:
+        for command in page_commands(page):
+            first.setdefault(command, page.relative_to(ROOT).as_posix())
+    return [(page, command) for command, page in first.items()]
+
+
+SHOWN = shown_commands()
+COMMANDS = [command for _, command in SHOWN]
 
 
 def test_the_readme_shows_commands():
-    assert len(COMMANDS) >= 8 and "runner" in COMMANDS
+    assert len(page_commands(README)) >= 3 and "runner" in page_commands(README)
+    assert len(COMMANDS) >= 30
+
+
+def test_the_readme_is_a_front_door():
+    """README stays short, shows CI's install and test commands, and links every page of docs/."""
+    text = README.read_text()
+    assert len(text.splitlines()) <= 200
+    ci = (ROOT / ".ci" / "run").read_text()
+    for command in ("pip install '.[test,cluster]'", "bash .ci/services.sh install", "python -m pytest"):
+        assert command in ci and command in text, command
+    for page in PAGES[1:]:
+        assert f"](docs/{page.name})" in text, f"README does not link docs/{page.name}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_the_links_resolve(page):
+    """Every relative link of README and docs/ names a file that exists."""
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+        if not re.match(r"^[a-z]+:", target):
+            assert (page.parent / target).exists(), f"{page.name} links {target}, which does not exist"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", [pytest.param(c, id=f"{page}:{c}") for page, c in SHOWN])
 def test_readme_command_runs(command, tmp_path):
     reason = next((why for key, why in SKIP.items() if key in command), None)
     if reason:
