@@ -240,7 +240,7 @@ def mlflow_bench(args):
     """Epoch time with the runner's MLflow callbacks (per epoch, and per step) against none."""
     import mlflow
 
-    from runner import tracking
+    from runner.record import tracking
 
     rates = {"no MLflow": [], "per-epoch metrics": [], "plus batch loss every step": []}
     with tempfile.TemporaryDirectory() as tmp:

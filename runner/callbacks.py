@@ -53,10 +53,15 @@ def _check_monitor(where, monitor, mode):
                           f"choose one of {list(EPOCH_METRICS)}.")
     if mode not in ("auto", "min", "max"):
         raise ConfigError(f"{where}.mode: {mode!r}; choose auto, min or max.")
-    fits = "min" if monitor.endswith("loss") else "max"
+    fits = monitor_mode(monitor)
     if mode not in ("auto", fits):
         raise ConfigError(f"{where}.mode: {mode!r} would keep the worst {monitor}; a lower loss or a higher "
                           f"accuracy is better: use mode: {fits} (or auto).")
+
+
+def monitor_mode(monitor):
+    """min for a loss, max for an accuracy: what Keras' `mode: auto` picks for the metrics a run logs."""
+    return "min" if monitor.endswith("loss") else "max"
 
 
 def build(callbacks, directory):

@@ -18,6 +18,7 @@ import shlex
 import sys
 from types import SimpleNamespace
 
+from runner import record
 from runner.errors import ConfigError
 from runner.record import Tag
 
@@ -55,22 +56,14 @@ def cli(argv):
 
 
 def _client(uri):
-    import mlflow
-
-    from runner import record
-
-    uri = record.tracking_uri(SimpleNamespace(tracking_uri=uri), os.getcwd())
-    mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(uri)
+    return record.client(record.tracking_uri(SimpleNamespace(tracking_uri=uri), os.getcwd()))
 
 
 def _get(client, run_id):
-    import mlflow
-
-    try:
-        return client.get_run(run_id)
-    except mlflow.exceptions.MlflowException as error:
-        raise ConfigError(f"no run {run_id!r} in {client.tracking_uri}: pass --tracking-uri, or run where mlflow.db is.") from error
+    run = record.find_run(run_id, client)
+    if run is None:
+        raise ConfigError(f"no run {run_id!r} in {client.tracking_uri}: pass --tracking-uri, or run where mlflow.db is.")
+    return run
 
 
 def expand(client, run_ids):
@@ -78,9 +71,7 @@ def expand(client, run_ids):
     runs = []
     for run_id in run_ids:
         run = _get(client, run_id)
-        children = client.search_runs([run.info.experiment_id], f"tags.`{Tag.PARENT}` = '{run.info.run_id}'",
-                                      order_by=["attributes.start_time ASC"])
-        runs.extend(children or [run])
+        runs.extend(record.children(run.info.experiment_id, run.info.run_id, client, oldest_first=True) or [run])
     if len(runs) < 2:
         raise ConfigError(f"compare: needs two runs or more (or a sweep's parent run); got {len(runs)}.")
     return runs
@@ -201,10 +192,10 @@ def _curves_png(client, runs, names):
 
 def reproduce(client, run):
     """The command that re-runs `run` here, and a warning for each difference in the environment."""
-    from runner import provenance
+    from runner.record import provenance
 
     tags = run.data.tags
-    overrides = shlex.split(tags.get(Tag.OVERRIDES, "")) if tags.get(Tag.OVERRIDES) else []
+    overrides = record.decode_overrides(tags.get(Tag.OVERRIDES))
     lines = [f"run {run.info.run_id} ({run.info.run_name}), recorded as: {tags.get(Tag.COMMAND, '(not recorded)')}"]
     commit = tags.get(Tag.GIT_COMMIT)
     if commit:
@@ -230,7 +221,7 @@ def reproduce(client, run):
 
 def _package_changes(client, run, shown=8):
     """The installed packages that differ from the run's environment/requirements.txt (pip freeze)."""
-    from runner import provenance
+    from runner.record import provenance
 
     try:
         path = client.download_artifacts(run.info.run_id, "environment/requirements.txt")

@@ -19,7 +19,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import callbacks, class_weights, keras_api, prune, schedules
+from runner import callbacks, class_weights, keras_api, schedules
+from runner.sweep import prune
 from runner.data import augment
 from runner.errors import ConfigError
 from runner.graph import STYLES, Graph
@@ -111,7 +112,7 @@ class SweepConfig:
     # One id per sweep, the same in every job (Hydra copies the resolver cache into each job's
     # config, as for ${now:}): jobs find their parent run by it, on any launcher and any store.
     id: str = "${runner_uid:}"
-    # Stop a job whose validation metric is worse than its siblings' at the same epoch (runner/prune.py):
+    # Stop a job whose validation metric is worse than its siblings' at the same epoch (runner/sweep/prune.py):
     prune: Optional[str] = None  # null | median | successive_halving
     prune_monitor: str = "val_loss"  # an epoch metric; a loss is minimised, an accuracy maximised
     prune_warmup: int = 2  # epochs every job trains before the first decision (at the end of this epoch)

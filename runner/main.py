@@ -122,7 +122,7 @@ from runner import config  # noqa: F401,E402  (registers the schema with Hydra's
 from runner.errors import ConfigError, TrainingDiverged  # noqa: E402
 from runner.keras_api import did_you_mean  # noqa: E402
 from runner import signals  # noqa: E402
-from runner.redact import install_log_redaction, redact_text  # noqa: E402
+from runner.record.redaction import install_log_redaction, redact_text  # noqa: E402
 from runner.train import Job, run  # noqa: E402
 
 install_log_redaction()  # Hydra's launchers log each job's overrides, secrets included

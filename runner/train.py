@@ -2,7 +2,7 @@
 
 Importable and testable without Hydra: the entry point (`runner.main`) only
 hands over the composed config and what Hydra knows about the job. The
-record (identity, tags, output directory, resume and skip decisions) lives in
+record (identity, tags, the run's directory, resume and skip decisions) lives in
 `runner.record`; the work (model and pipelines) in `prepare`, which bench,
 tests and the sweep preflight call too.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from runner import config, data
+from runner import config, data, record
 
 
 @dataclass
@@ -42,23 +42,25 @@ def run(cfg, job=None, **fields):
     plan = plan_record(cfg, graph, job)
     if plan.skipped is not None:
         return plan.skipped
-    from runner import environment, record, tracking  # imports TensorFlow
+    from runner import environment  # imports TensorFlow
+    from runner.record import tracking
 
     strategy = environment.setup(plan.cfg.loop, job.threads)  # before any other TensorFlow work
     if not environment.is_chief(strategy):
         plan, job = off_the_record(plan, job)
     tracking.system_metrics(plan.cfg.mlflow)  # MLflow starts its monitor with the run
-    with record.started(plan.cfg, plan.experiment_id, plan.run_name, plan.tags, resume=plan.cfg.resume) as active:
+    resumed = plan.run_dir is not None
+    with record.started(plan.cfg, plan.experiment_id, plan.run_name, plan.tags, resume=plan.cfg.resume,
+                        run_dir=plan.run_dir, output_root=job.output_root or Path(job.cwd) / "outputs") as (active, run_dir):
         started = time.perf_counter()
-        out = plan.output_dir or own_directory(plan.cfg, job, active.info.run_id)
-        work = prepare(plan.cfg, plan.graph, strategy, resume_from=plan.output_dir and out / "checkpoints",
+        work = prepare(plan.cfg, plan.graph, strategy, resume_from=run_dir.checkpoints if resumed else None,
                        run_id=active.info.run_id, keep_data=job.multirun)
-        if plan.output_dir is None:
+        if not resumed:
             tracking.log_start(plan.cfg, work.model, job)
         try:
-            results = work.train(out / "checkpoints")
+            results = work.train(run_dir.checkpoints)
             work.train_data = None  # the pipeline's copy of the training examples goes before the record's peak
-            report(work, results, out, plan.cfg, resumed=plan.output_dir is not None, choices=job.choices)
+            report(work, results, run_dir, plan.cfg, resumed=resumed, choices=job.choices)
         except Exception as error:  # not a kill (KeyboardInterrupt): that ends at once
             tracking.keep_environment(error)  # what a failed run ran on is what its reader asks first
             raise
@@ -78,23 +80,19 @@ class Plan:
     experiment_id: str = None
     run_name: str = None
     tags: dict = None
-    output_dir: Path = None  # a resumed run's own directory
+    run_dir: object = None  # a resumed run's own directory (record.RunDir), held by this process
     skipped: dict = None
 
 
 def plan_record(cfg, graph, job):
     """Open the store, then decide: resume a run (its saved config), skip a point done before, or start
     a run named and tagged from the job (nested under its sweep's parent)."""
-    from runner import record  # imports MLflow (1.7 s): only once the config is known to be good
-
-    experiment_id = record.open_store(cfg.mlflow, job.cwd)
+    experiment_id = record.open_store(cfg.mlflow, job.cwd)  # imports MLflow (1.7 s): the config is good
     if cfg.resume:
-        previous = record.resumable_run(cfg.resume, job.overrides)
-        out = Path(previous.data.tags[record.Tag.OUTPUT_DIR])
-        record.set_output_dir(cfg.resume, out)
-        cfg = config.load(out / "config.yaml", resume=cfg.resume, mlflow=cfg.mlflow, loop={"verbose": cfg.loop.verbose})
-        tags = {record.Tag.RESUMED_WITH: " ".join(record.redact_override(o) for o in job.overrides)}
-        return Plan(*checked(cfg, job.cwd), experiment_id, None, tags, output_dir=out)
+        _, run_dir = record.resumable_run(cfg.resume, job.overrides)
+        record.set_output_dir(cfg.resume, run_dir)
+        cfg = config.load(run_dir.config, resume=cfg.resume, mlflow=cfg.mlflow, loop={"verbose": cfg.loop.verbose})
+        return Plan(*checked(cfg, job.cwd), experiment_id, None, record.resumed_tags(job.overrides), run_dir=run_dir)
     fingerprint = config.fingerprint(cfg)
     if cfg.sweep.skip_finished:
         done = record.finished_run(experiment_id, fingerprint)
@@ -103,18 +101,6 @@ def plan_record(cfg, graph, job):
             return Plan(cfg, graph, skipped={k: v for k, v in done.data.metrics.items() if k.startswith(("test_", "val_"))})
     parent = record.sweep_parent(experiment_id, cfg.sweep.id) if job.multirun else None
     return Plan(cfg, graph, experiment_id, *record.identity(job.choices, job.overrides, fingerprint, parent))
-
-
-def own_directory(cfg, job, run_id):
-    """The new run's own directory, with the config it runs (resume reads it back), tagged on the run."""
-    from runner import record
-
-    out = record.output_dir(job.output_root or Path(job.cwd) / "outputs", run_id)
-    path = out / "config.yaml"
-    path.touch(mode=0o600)  # it may hold secrets that the record masks: readable by its owner only
-    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    record.set_output_dir(run_id, out)
-    return out
 
 
 def checked(cfg, cwd, failed_run=None):
@@ -129,8 +115,6 @@ def checked(cfg, cwd, failed_run=None):
         return cfg, config.validate(cfg)
     except config.ConfigError as error:
         if failed_run is not None and failed_run.multirun:
-            from runner import record
-
             experiment_id = record.open_store(cfg.mlflow, cwd)
             parent = record.sweep_parent(experiment_id, cfg.sweep.id)
             run_name, tags = record.identity(failed_run.choices, failed_run.overrides, None, parent)
@@ -141,7 +125,7 @@ def checked(cfg, cwd, failed_run=None):
 def off_the_record(plan, job):
     """A non-chief worker of a multi-worker cluster trains in step but records nothing shared: its
     MLflow calls go to a store of its own, deleted at exit, and its checkpoints to that scratch."""
-    if plan.output_dir is not None:
+    if plan.run_dir is not None:
         raise config.ConfigError("resume: a multi-worker run cannot be resumed yet; start it again.")
     throwaway = tempfile.mkdtemp(prefix="runner-worker-")
     atexit.register(shutil.rmtree, throwaway, ignore_errors=True)
@@ -159,15 +143,15 @@ def prepare(cfg, graph, strategy=None, resume_from=None, run_id=None, keep_data=
     return work.Work.prepare(cfg, graph, strategy, resume_from, run_id, keep_data)
 
 
-def report(work, results, out, cfg, resumed, choices=None):
+def report(work, results, run_dir, cfg, resumed, choices=None):
     """The end of the record: test metrics (once, even when a resumed run had logged them before a
     kill), the model (an MLflow model), its summary, the figures and the checkpoint manifest."""
-    from runner import record, tracking
+    from runner.record import tracking
 
-    record.mlflow.set_tag(record.Tag.TEST_WEIGHTS, work.test_weights)
+    tracking.log_test_weights(work.test_weights)
     tracking.log_final(results, step=cfg.loop.epochs, resumed=resumed)
     tracking.log_record(work, results, cfg, choices or {})
-    tracking.log_checkpoint(out / "checkpoints")
+    tracking.log_checkpoint(run_dir.checkpoints)
 
 
 def _absolute_paths(cfg, cwd):

@@ -1,6 +1,6 @@
 """The work of one run: Keras' global state, the model (built or restored), the data pipelines,
 and training them with the configured loop. No MLflow run management here (that is
-`runner.record`); the MLflow callbacks come from `runner.tracking`.
+`runner.record`); the MLflow callbacks come from `runner.record.tracking`.
 
 `Work.prepare` is the one sequence that the runner, the benchmarks, the tests
 and the sweep preflight share.
@@ -13,7 +13,9 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from runner import callbacks as controls, checkpoints, class_weights, data, loops, models, prune, tracking
+from runner import callbacks as controls, checkpoints, class_weights, data, loops, models
+from runner.record import tracking
+from runner.sweep import prune
 from runner.data import augment
 
 

@@ -136,7 +136,7 @@ def test_the_runner_view_lands_on_the_metric_columns(ui, page):
     """MLflow keeps columns out of the URL; a shared view (an experiment tag) opened by its key shows them."""
     import mlflow
 
-    from runner import landing
+    from runner.record import landing
 
     base, runs, shots, store = ui
     tags = mlflow.MlflowClient(store).get_experiment("1").tags

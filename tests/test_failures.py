@@ -39,7 +39,7 @@ def test_a_failed_read_of_the_environment_leaves_the_runs_own_error(make_cfg, st
     def broken(cwd):
         raise RuntimeError("git exploded")
 
-    monkeypatch.setattr("runner.provenance.tags", broken)
+    monkeypatch.setattr("runner.record.provenance.tags", broken)
     with pytest.raises(TrainingDiverged):
         run(make_cfg(*DIVERGE, "loop.epochs=2", f"mlflow.tracking_uri={store}"), cwd=tmp_path)
     _, (found,) = runs(store)
@@ -122,7 +122,8 @@ def test_a_kill_while_a_failed_run_waits_for_its_environment_ends_it_killed_at_o
 
     import mlflow
 
-    from runner import record, tracking
+    from runner import record
+    from runner.record import tracking
 
     monkeypatch.setattr(tracking, "ENVIRONMENT_WAIT", 60)
     mlflow.set_tracking_uri(store)

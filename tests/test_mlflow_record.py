@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from runner import provenance
+from runner.record import provenance
 from runner.record import Tag
 from runner.train import run
 
@@ -80,7 +80,7 @@ def test_description_headline_params_and_user_tags(recorded):
 
 
 def test_the_headline_loss_is_the_compiled_one(make_cfg):
-    from runner.tracking import headline
+    from runner.record.tracking import headline
 
     assert headline(make_cfg(), {}, 1)["loss"] == "SparseCategoricalCrossentropy"
     smoothed = headline(make_cfg("model.label_smoothing=0.1"), {}, 1)
@@ -88,7 +88,7 @@ def test_the_headline_loss_is_the_compiled_one(make_cfg):
 
 
 def test_the_experiment_carries_the_runner_view(recorded):
-    from runner import landing
+    from runner.record import landing
 
     client, found, _, _ = recorded
     view = json.loads(client.get_experiment(found.info.experiment_id).tags[landing.TAG])
@@ -141,7 +141,7 @@ def test_the_record_read_during_training_surfaces_its_error_and_stays_with_its_r
     a run that failed before joining it leaves nothing to the next."""
     from omegaconf import OmegaConf
 
-    from runner import tracking
+    from runner.record import tracking
 
     cfg = OmegaConf.create({"mlflow": {"log_environment": True, "log_figures": False}})
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from runner import prune
+from runner.sweep import prune
 from runner.errors import ConfigError
 
 QUICK = ["dataset.limit=300", "loop.verbose=0", "mlflow.log_model=false", "mlflow.log_figures=false",

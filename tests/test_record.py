@@ -82,12 +82,12 @@ def test_redaction_of_values_overrides_and_uris():
 def test_identity_masks_secrets_in_tags_and_names():
     name, tags = record.identity({"model": "mlp", "hydra/launcher": "x"}, ["+dataset.password=hunter2", "seed=3"], "abc")
     assert name == "mlp"
-    assert tags == {"model": "mlp", Tag.OVERRIDES: "+dataset.password=*** seed=3", Tag.CONFIG_HASH: "abc"}
+    assert tags == {"model": "mlp", Tag.OVERRIDES: "'+dataset.password=***' seed=3", Tag.CONFIG_HASH: "abc"}
 
 
 def test_filter_values_are_refused_rather_than_quoted_wrongly():
     with pytest.raises(ValueError, match="not a safe filter value"):
-        record._quoted("x' or '1'='1")
+        record.quoted("x' or '1'='1")
 
 
 def cli(*args, cwd, env=None, timeout=300):
@@ -138,7 +138,7 @@ def test_jobs_starting_together_share_the_experiments_view_and_datasets(make_cfg
     lost it in 23 of 40 writes; 8 Ray jobs on PostgreSQL failed a run in CI)."""
     import threading
 
-    from runner import inputs, landing
+    from runner.record import inputs, landing
 
     client, jobs, failures = MlflowClient(store), 8, []
     for sweep in range(5):  # a fresh experiment each time: the race is at the first insert
@@ -211,7 +211,7 @@ def test_a_failure_while_recording_the_failure_still_ends_the_run_failed(make_cf
         raise ConfigError("dataset.path: the file went away")
 
     monkeypatch.setattr(MlflowClient, "set_tag", locked)
-    monkeypatch.setattr(record, "RETRY_PAUSE", 0.01)
+    monkeypatch.setattr(record.store, "RETRY_PAUSE", 0.01)
     monkeypatch.setattr(work.data, "load", unreadable)
     with pytest.raises(ConfigError, match="went away"):
         run(make_cfg(*QUICK, f"mlflow.tracking_uri={store}"), cwd=tmp_path)

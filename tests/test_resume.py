@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from runner import checkpoints, tracking
+from runner import checkpoints
+from runner.record import tracking
 from runner.errors import ConfigError
 from runner.train import run
 

@@ -202,7 +202,7 @@ def test_a_server_killed_mid_sweep_and_restarted_loses_nothing_and_leaves_nothin
 
 
 def test_a_run_whose_server_stays_away_is_ended_failed_by_the_next_runner_that_reaches_it(tmp_path, server):
-    from runner.record import UNENDED
+    from runner.record import RunDir
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
     # a retry budget of ~1 s, so the outage outlasts it
@@ -222,7 +222,7 @@ def test_a_run_whose_server_stays_away_is_ended_failed_by_the_next_runner_that_r
     _, err = job.communicate(timeout=180)
     assert job.returncode != 0
     assert f"runner: run {run_id} shows RUNNING in its store until the next runner on this machine ends it FAILED" in err
-    (unended,) = (tmp_path / "run").glob(f"run-{run_id}/{UNENDED}")  # the ending it could not send
+    (unended,) = (tmp_path / "run").glob(f"run-{run_id}/{RunDir.UNENDED}")  # the ending it could not send
 
     server.start()
     assert client.get_run(run_id).info.status == "RUNNING"  # all the store knows: the defect being repaired

@@ -208,7 +208,8 @@ def test_an_error_in_the_end_of_sweep_callback_does_not_leave_the_parent_running
     import mlflow
     from omegaconf import OmegaConf
 
-    from runner import record, sweep as sweep_module
+    from runner import record
+    from runner.sweep import callback as sweep_module
 
     mlflow.set_tracking_uri(store)
     experiment = mlflow.create_experiment("runner")
@@ -229,15 +230,16 @@ def test_an_error_in_the_end_of_sweep_callback_does_not_leave_the_parent_running
 
 
 def test_sweep_helpers():
-    from runner import record, sweep as sweep_module
+    from runner import record
+    from runner.sweep import callback, leaderboard
 
     overrides = ["model-style=sequential,subclass", "optimizer=adam", "+loop.x=1,2"]
-    assert sweep_module.varying(overrides) == ["model-style", "loop.x"]
-    assert [" ".join(p) for p in sweep_module.points(overrides)] == [
+    assert callback.varying(overrides) == ["model-style", "loop.x"]
+    assert [" ".join(p) for p in callback.points(overrides)] == [
         "model-style=sequential optimizer=adam +loop.x=1", "model-style=sequential optimizer=adam +loop.x=2",
         "model-style=subclass optimizer=adam +loop.x=1", "model-style=subclass optimizer=adam +loop.x=2"]
     assert record.differing(["model-style=subclass", "optimizer=adam", "+loop.x=2"], ["model-style", "loop.x"]) == \
         "model-style=subclass +loop.x=2"
     rows = [{"rank": 1, "overrides": "a=1", "status": "FINISHED", "test_accuracy": 0.91234, "wall_s": 3.25}]
-    assert "| 1 | a=1 | FINISHED |  | 0.9123 |  | 3.2 |  |" in sweep_module.leaderboard(rows)
-    assert sweep_module.to_csv(rows).splitlines()[1] == "1,a=1,FINISHED,,0.91234,,3.25,"
+    assert "| 1 | a=1 | FINISHED |  | 0.9123 |  | 3.2 |  |" in leaderboard.leaderboard(rows)
+    assert leaderboard.to_csv(rows).splitlines()[1] == "1,a=1,FINISHED,,0.91234,,3.25,"

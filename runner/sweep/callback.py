@@ -1,6 +1,6 @@
 """Sweeps (`runner -m ...`): one MLflow parent run per sweep, a preflight of every point, a leaderboard.
 
-A Hydra callback, registered in conf/config.yaml, so it runs in the process
+A Hydra callback, registered in conf/config.yaml (`runner.sweep.callback.SweepCallback`), so it runs in the process
 that launches the jobs whatever the launcher. Jobs find their parent run by
 the sweep's unique id (`sweep.id`, the same in every job's config), not through
 memory, the environment or a directory name, so jobs in other processes or on
@@ -8,9 +8,6 @@ other machines nest too, and two sweeps started in the same second never mix.
 """
 
 import atexit
-import csv
-import html
-import io
 import os
 import sys
 import time
@@ -19,9 +16,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from runner import record
 from runner.config import fingerprint
 from runner.errors import ConfigError
-from runner.redact import redact_override
+from runner.record.redaction import redact_override
+from runner.sweep.leaderboard import ENDED_WELL, PRUNED, end_parent, leaderboard, sweep_rows, to_csv, to_html
 
 
 def varying(overrides):
@@ -59,18 +58,16 @@ class SweepCallback(Callback):
         storage = config.hydra.sweeper.get("storage")
         if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower() and isinstance(storage, str):
             stamp_optuna_storage(storage)
-        from runner import record  # imports MLflow: after the config-only checks
-
-        experiment_id = record.open_store(config.mlflow, cwd)  # store and experiment created once, here
+        experiment_id = record.open_store(config.mlflow, cwd)  # imports MLflow: after the config-only checks
         record.close_dead_runs(experiment_id)
         shown = [redact_override(o) for o in overrides]
         # Reading config.sweep.id here, before the launcher composes any job, puts the id in the resolver
         # cache that Hydra copies into every job's config: all jobs see this one value.
         sweep_id = config.sweep.id
-        tags = {record.Tag.OVERRIDES: " ".join(shown), record.Tag.POINTS: str(len(cfgs) or "?"),
-                record.Tag.VARYING: " ".join(varying(overrides)), record.Tag.SWEEP_ID: sweep_id,
+        tags = {record.Tag.OVERRIDES: record.encode_overrides(shown), record.Tag.POINTS: str(len(cfgs) or "?"),
+                record.Tag.VARYING: record.encode_overrides(varying(overrides)), record.Tag.SWEEP_ID: sweep_id,
                 record.Tag.SWEEP_PARENT: sweep_id, **record.owner()}
-        client = record.mlflow.MlflowClient()
+        client = record.client()
         # Made with the client, not mlflow.start_run: jobs of the basic launcher run in this
         # process and must not find it as their active run.
         self.parent = client.create_run(experiment_id, run_name=f"sweep {' '.join(shown)}"[:250], tags=tags).info.run_id
@@ -82,8 +79,6 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs):
         if self.parent is None:
             return
-        from runner import record
-
         try:
             # jobs that could not end their runs (their store was unreachable then) end now, before the table
             record.close_dead_runs(record.open_store(config.mlflow, config.hydra.runtime.cwd))
@@ -140,9 +135,7 @@ def _shown(point):
 
 
 def end_abandoned(parent_id, status, message):
-    from runner import record
-
-    client = record.mlflow.MlflowClient()
+    client = record.client()
     record.retry(client.set_tag, parent_id, record.Tag.ERROR, record.redact_uri(message)[:5000])
     record.retry(client.set_terminated, parent_id, status)
 
@@ -189,101 +182,3 @@ def _build_all(good, broken):
             work.build_model(cfg, graph)
         except ConfigError as error:
             broken.append(f"  {_shown(point)}: {error}")
-
-
-def sweep_rows(parent_id, hashes=None, keys=(), skip_finished=False):
-    """The leaderboard's rows, best test accuracy first: one per grid point (this sweep's latest run
-    of it; with skip_finished, a point skipped as done shows the earlier run, as SKIPPED), else one
-    per child run."""
-    from runner import record
-
-    client = record.mlflow.MlflowClient()
-    experiment_id = client.get_run(parent_id).info.experiment_id
-    children = client.search_runs([experiment_id], f"tags.`{record.Tag.PARENT}` = '{parent_id}'",
-                                  order_by=["attributes.start_time DESC"])
-    if hashes:
-        runs = {}
-        for point, digest in hashes.items():
-            shown = _shown(point)
-            mine = next((r for r in children if (r.data.tags.get(record.Tag.CONFIG_HASH) == digest if digest
-                                                 else r.data.tags.get(record.Tag.OVERRIDES) == shown)), None)
-            earlier = None if mine or not digest or not skip_finished else record.finished_run(experiment_id, digest)
-            runs[point] = (mine or earlier, "SKIPPED" if earlier else None)
-    else:  # an open search (Optuna): the children are the points; their tag is already masked
-        runs = {tuple(r.data.tags.get(record.Tag.OVERRIDES, "").split(" ")): (r, None) for r in reversed(children)}
-    rows = [_row(client, record.differing([redact_override(o) for o in point], keys), run, status)
-            for point, (run, status) in runs.items()]
-    rows.sort(key=lambda r: -(r.get("test_accuracy") or -1.0))
-    for rank, row in enumerate(rows, start=1):
-        row["rank"] = rank
-    return rows
-
-
-def _row(client, point, run, status):
-    from runner import record
-
-    if run is None:
-        return {"overrides": point, "status": "MISSING"}
-    metrics, info = run.data.metrics, run.info
-    if status is None and info.status == "FINISHED" and record.Tag.PRUNED in run.data.tags:
-        status = PRUNED  # a FINISHED run that sweep.prune stopped early; `epochs` says when
-    return {
-        "overrides": point, "status": status or info.status, "run_id": info.run_id,
-        "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
-        "epochs": len(client.get_metric_history(info.run_id, "loss")),
-        "wall_s": round((info.end_time - info.start_time) / 1000, 1) if info.end_time else None,
-    }
-
-
-def end_parent(parent_id, rows, files, failed):
-    """Log the leaderboard files and the best test accuracy to the parent run, and end it."""
-    from runner import record
-
-    client = record.mlflow.MlflowClient()
-    for name, text in files.items():
-        client.log_text(parent_id, text, f"leaderboard/{name}")
-    from runner import figures  # matplotlib: only once a sweep ends
-
-    figures.log_sweep(client, parent_id, rows, COLUMNS)
-    best = [r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None]
-    if best:
-        client.log_metric(parent_id, "best_test_accuracy", max(best))
-    client.set_tag(parent_id, record.Tag.JOBS_FAILED, str(failed))
-    record.retry(client.set_terminated, parent_id, "FAILED" if failed else "FINISHED")
-
-
-PRUNED = "PRUNED"  # the leaderboard's status of a FINISHED run that sweep.prune stopped
-ENDED_WELL = ("FINISHED", "SKIPPED", PRUNED)
-COLUMNS = ("rank", "overrides", "status", "val_accuracy", "test_accuracy", "epochs", "wall_s", "run_id")
-
-
-def leaderboard(rows):
-    """A Markdown table of the jobs, best test accuracy first."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row, c) for c in COLUMNS) + " |")
-    return "\n".join(lines)
-
-
-def _cell(row, column):
-    value = row.get(column)
-    if isinstance(value, float):
-        return f"{value:.1f}" if column == "wall_s" else f"{value:.4f}"
-    return "" if value is None else str(value)
-
-
-def to_csv(rows):
-    out = io.StringIO()
-    writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
-
-
-def to_html(rows, summary):
-    head = "".join(f"<th>{c}</th>" for c in COLUMNS)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(row, c))}</td>" for c in COLUMNS) + "</tr>" for row in rows
-    )
-    return (f"<html><body><h3>{html.escape(summary)}</h3><table border=1 cellpadding=4>"
-            f"<tr>{head}</tr>{body}</table></body></html>")

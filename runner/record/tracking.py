@@ -2,7 +2,7 @@
 record a person reads (description, headline params, datasets, the model as an MLflow model, the
 environment, figures, system metrics).
 
-Which run, its tags and its status belong to `runner.record`; this module only
+Which run, its tags and its status belong to `runner.record.run`; this module only
 writes into the active run.
 """
 
@@ -20,9 +20,12 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
-from runner import checkpoints, inputs, provenance, record, signals
+from runner import checkpoints, signals
 from runner.data import augment
-from runner.record import Tag
+from runner.record import inputs, provenance
+from runner.record.redaction import redact_uri
+from runner.record.run import public_yaml
+from runner.record.tags import Tag
 
 # Python packages a served model needs, pinned to what trained it: passed to MLflow so it does not
 # infer them in a subprocess that imports TensorFlow again (16 s on a loaded 2-core machine).
@@ -48,7 +51,7 @@ def log_start(cfg, model, job):
     """The config (secrets masked), the parameter count, the headline params, the user's tags, the
     description and, when asked, what produced the run, as soon as the model exists."""
     with signals.deferred():
-        mlflow.log_text(record.public_yaml(cfg), "config.yaml")
+        mlflow.log_text(public_yaml(cfg), "config.yaml")
         mlflow.log_metric("num_params", model.count_params(), synchronous=True)
         mlflow.log_params(headline(cfg, job.choices or {}, model.count_params()), synchronous=True)
     user = [str(t) for t in cfg.tags]  # each a tag of its own, "true", so the runs table can filter on it
@@ -64,7 +67,7 @@ def _start_early(cfg, cwd):
     environment (git's subprocesses, the package list) and matplotlib's first drawing (its fonts, a
     third of a second), in a thread while the model trains (TensorFlow works outside the GIL). Not
     the model summary: its optimizer lines depend on whether training has built the optimizer yet."""
-    from runner import figures
+    from runner.record import figures
 
     global _early
     pool = ThreadPoolExecutor(1, thread_name_prefix="runner-record")
@@ -96,7 +99,7 @@ def keep_environment(error):
         kill.__notes__ = [*getattr(kill, "__notes__", []), f"after {type(error).__name__}: {error}"]
         raise
     except Exception as cause:  # noqa: BLE001
-        print(f"runner: the failed run has no environment record: {record.redact_uri(repr(cause))}", file=sys.stderr)
+        print(f"runner: the failed run has no environment record: {redact_uri(repr(cause))}", file=sys.stderr)
 
 
 def log_early():
@@ -144,7 +147,7 @@ def describe(cfg, choices, outcome="running"):
             f"{cfg.optimizer.get('class_name')}{f' lr {lr}' if lr is not None else ''}, {cfg.loop.name} loop, "
             f"{cfg.loop.epochs} epoch{'s' if cfg.loop.epochs != 1 else ''}, batch {cfg.loop.batch_size}: {outcome}")
     mine = " ".join(p for p in (cfg.note, cfg.model.description) if p)
-    return record.redact_uri(f"{mine}. {what}" if mine else what)
+    return redact_uri(f"{mine}. {what}" if mine else what)
 
 
 def log_missing_epochs(history):
@@ -155,6 +158,11 @@ def log_missing_epochs(history):
     for epoch, logs in enumerate(history, start=1):
         if epoch not in logged:
             mlflow.log_metrics(logs, step=epoch, synchronous=True)
+
+
+def log_test_weights(description):
+    """Which epoch's weights the test metrics (and the logged model) come from."""
+    mlflow.set_tag(Tag.TEST_WEIGHTS, description)
 
 
 def log_final(results, step, resumed):
@@ -268,7 +276,7 @@ def log_record(work, results, cfg, choices):
     """The end of the record: the environment read during training, the model as an MLflow model, the
     figures and per-class table, the description's outcome, peak memory and mean CPU. One pass of
     predictions serves them all; the figures are drawn in a thread while the model is saved."""
-    from runner import figures
+    from runner.record import figures
 
     log_early()  # the environment read while the model trained
     wanted = cfg.mlflow.log_model or cfg.mlflow.log_figures

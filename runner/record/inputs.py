@@ -13,7 +13,8 @@ import mlflow
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 
-from runner import data, record
+from runner import data
+from runner.record.store import insert_shared
 
 SPLITS = ("train", "validation", "test")  # the contexts MLflow shows beside each dataset
 
@@ -22,7 +23,7 @@ def log_datasets(dataset_cfg):
     """Log the three splits as MLflow inputs, with their contexts; return the description."""
     info = data.inspect(dataset_cfg)
     datasets = [_dataset(info, split) for split in SPLITS]
-    record.insert_shared(mlflow.log_inputs, datasets, contexts=list(SPLITS), tags_list=[None] * len(SPLITS))
+    insert_shared(mlflow.log_inputs, datasets, contexts=list(SPLITS), tags_list=[None] * len(SPLITS))
     return info
 
 

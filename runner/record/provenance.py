@@ -15,7 +15,8 @@ import subprocess
 import sys
 from importlib import metadata
 
-from runner.redact import redact_override
+from runner.record.redaction import redact_override
+from runner.record.tags import Tag
 
 PACKAGES = ("runner", "tensorflow", "keras", "mlflow", "numpy", "hydra-core")
 DIFF_LIMIT = 1 << 20  # an uncommitted diff larger than 1 MiB is cut (a data file checked in by mistake)
@@ -86,8 +87,6 @@ def pip_freeze():
 
 def tags(cwd):
     """(tags, files): the record of what produced a run, as tag values and as artifact texts."""
-    from runner.record import Tag  # imports MLflow: provenance itself is read without it
-
     code = git(cwd)
     found = {Tag.VERSION + k: v for k, v in versions().items()}
     found[Tag.DEVICES] = ", ".join(devices()) or "unknown"

@@ -14,8 +14,8 @@ The config checks need neither TensorFlow nor MLflow; the callback imports both 
 import math
 import statistics
 
-from runner import signals
-from runner.callbacks import EPOCH_METRICS
+from runner import record, signals
+from runner.callbacks import EPOCH_METRICS, monitor_mode
 from runner.errors import ConfigError
 
 RULES = ("median", "successive_halving")
@@ -39,11 +39,6 @@ def validate(cfg):
                           "the other workers would wait for it forever); set sweep.prune=null.")
 
 
-def mode(monitor):
-    """min for a loss, max for an accuracy: as callbacks' `mode: auto`."""
-    return "min" if monitor.endswith("loss") else "max"
-
-
 def _score(value, direction):
     """Lower is better; NaN is the worst."""
     if value is None or math.isnan(value):
@@ -62,7 +57,7 @@ def rung(epoch, warmup, eta):
 def decide(rule, epoch, value, others, *, monitor="val_loss", warmup=1, min_siblings=2, eta=3):
     """(prune?, why) for a job whose `monitor` is `value` at `epoch` (1-based), given the siblings'
     values at that same epoch (`others`: only those that reached it)."""
-    direction = mode(monitor)
+    direction = monitor_mode(monitor)
     if epoch < warmup:
         return False, f"epoch {epoch} is before sweep.prune_warmup={warmup}"
     if rule == "successive_halving" and not rung(epoch, warmup, eta):
@@ -89,18 +84,13 @@ class Siblings:
     then the history of each sibling that logged it (an ended sibling's history is read once)."""
 
     def __init__(self, client, run, monitor):
-        from runner.record import Tag
-
         self.client, self.monitor, self.run_id = client, monitor, run.info.run_id
-        self.experiment_id, self.parent = run.info.experiment_id, run.data.tags[Tag.PARENT]
+        self.experiment_id, self.parent = run.info.experiment_id, run.data.tags[record.Tag.PARENT]
         self.ended = {}  # run id -> {epoch: value} of siblings that no longer log
 
     def at(self, epoch):
-        from runner.record import Tag, _quoted
-
         values = []
-        runs = self.client.search_runs([self.experiment_id], f"tags.`{Tag.PARENT}` = '{_quoted(self.parent)}'")
-        for run in runs:
+        for run in record.children(self.experiment_id, self.parent, self.client):
             run_id = run.info.run_id
             if run_id == self.run_id or (run_id not in self.ended and self.monitor not in run.data.metrics):
                 continue
@@ -119,11 +109,9 @@ def callbacks(sweep, run_id):
     sweep job ignores sweep.prune, as Hydra ignores hydra.sweeper outside -m, and says so."""
     if sweep.prune is None:
         return []
-    from runner.record import Tag, mlflow
-
-    client = mlflow.MlflowClient()
+    client = record.client()
     run = client.get_run(run_id)
-    if Tag.PARENT not in run.data.tags:
+    if record.Tag.PARENT not in run.data.tags:
         print(f"runner: sweep.prune={sweep.prune} is ignored: this run is not a sweep job (runner -m ...)", flush=True)
         return []
     return [_pruner(sweep, client, run)]
@@ -131,8 +119,6 @@ def callbacks(sweep, run_id):
 
 def _pruner(sweep, client, run):
     import keras
-
-    from runner.record import Tag
 
     siblings = Siblings(client, run, sweep.prune_monitor)
     settings = dict(monitor=sweep.prune_monitor, warmup=sweep.prune_warmup, min_siblings=sweep.prune_min_siblings,
@@ -153,7 +139,7 @@ def _pruner(sweep, client, run):
             prune, why = decide(sweep.prune, epoch + 1, value, siblings.at(epoch + 1), **settings)
             if prune:
                 with signals.deferred():  # a kill mid-write would leave SQLite locked for the KILLED status
-                    client.set_tag(run.info.run_id, Tag.PRUNED, str(epoch + 1))
+                    client.set_tag(run.info.run_id, record.Tag.PRUNED, str(epoch + 1))
                 print(f"runner: pruned at epoch {epoch + 1} ({sweep.prune}): {why}", flush=True)
                 self.model.stop_training = True
 
