@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from runner import schedules, step
+from runner.data import augment
 from runner.keras_api import class_args
 from runner.errors import TrainingDiverged
 
@@ -69,7 +70,7 @@ def custom(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0, class
     Keras callbacks and a progress bar as `fit` drives them."""
     strategy = model.distribute_strategy  # the one the model was built under (default: one device)
     with strategy.scope():  # variables made inside a replica's step would not be mirrored
-        metrics = step.metrics(one_hot=isinstance(model.loss, keras.losses.CategoricalCrossentropy))
+        metrics = step.metrics(one_hot=augment.expects_one_hot(model.loss))
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         # A user step may add its own metrics (keras.metrics.Mean...) to `metrics`: logged for training only.

@@ -244,3 +244,13 @@ def test_an_optuna_study_in_sqlite_grows_across_sweeps_and_its_trials_are_pruned
         assert run.data.tags.get("runner.pruned") == (str(stopped[0]) if stopped else None)
         assert len(mine) == (stopped[0] if stopped else 3)
     assert any("runner.pruned" in r.data.tags for r in runs), "no trial was pruned: the rule was never exercised"
+
+
+@pytest.mark.parametrize("monitor, mode", [("loss", "min"), ("val_loss", "min"), ("accuracy", "max"),
+                                           ("val_accuracy", "max"), ("val_auc", "max")])
+def test_one_monitor_mode_for_callbacks_and_pruning(monitor, mode):
+    from runner.callbacks import monitor_mode
+
+    assert monitor_mode(monitor) == mode
+    worse = {"min": 0.9, "max": 0.1}[mode]  # a job worse than all its siblings' 0.5 is pruned, whichever way is better
+    assert prune.decide("median", 3, worse, [0.5, 0.5], monitor=monitor, warmup=1, min_siblings=2)[0]

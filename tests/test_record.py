@@ -85,6 +85,19 @@ def test_identity_masks_secrets_in_tags_and_names():
     assert tags == {"model": "mlp", Tag.OVERRIDES: "'+dataset.password=***' seed=3", Tag.CONFIG_HASH: "abc"}
 
 
+@pytest.mark.parametrize("overrides", [
+    ["optimizer.learning_rate={class_name: CosineDecay, initial_learning_rate: 1e-3, decay_steps: auto}", "seed=3"],
+    ["dataset=npz", "dataset.path=/data/my digits/train set.npz", "+dataset.password=***"],
+    ["'model.layers[0].units=64'", 'note="two words"', "tags=[a,b]"],
+    [],
+])
+def test_the_overrides_tag_gives_back_the_overrides_it_was_written_from(overrides):
+    encoded = record.encode_overrides(overrides)
+    assert record.decode_overrides(encoded) == overrides
+    _, tags = record.identity({}, overrides)
+    assert record.decode_overrides(tags[Tag.OVERRIDES]) == [record.redact_override(o) for o in overrides]
+
+
 def test_filter_values_are_refused_rather_than_quoted_wrongly():
     with pytest.raises(ValueError, match="not a safe filter value"):
         record.quoted("x' or '1'='1")

@@ -16,11 +16,10 @@ from typing import Any, Optional
 import numpy as np
 from omegaconf import OmegaConf
 
-from runner.data import arrays, folders, tables
+from runner.data import arrays, augment, folders, tables
 from runner.errors import ConfigError
 
 SEED_RANGE = 2**32  # numpy's legacy seeding (keras.utils.set_random_seed) takes 0 <= seed < 2**32
-ONE_HOT_LOSSES = ("CategoricalCrossentropy", "CategoricalFocalCrossentropy", "categorical_crossentropy")
 SPLIT_SEED = 0  # the test and validation split: fixed, so every run and every seed is scored on the same examples
 
 
@@ -322,7 +321,7 @@ def _check_model(cfg, info):
         raise ConfigError(f"model.outputs: the model has {len(outputs)} outputs {list(outputs)}, but dataset "
                           f"{info.name!r} gives one label per example. Name one output layer.")
     loss = OmegaConf.select(cfg, "model.loss.class_name")
-    if loss in ONE_HOT_LOSSES:
+    if augment.expects_one_hot(loss):
         raise ConfigError(f"model.loss.class_name: {loss} expects one-hot labels, but the runner's labels are integer "
                           "class indices. Use SparseCategoricalCrossentropy (the same loss, integer labels); "
                           "model.label_smoothing or a MixUp/CutMix in dataset.augment switches it to one-hot labels.")

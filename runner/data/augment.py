@@ -20,6 +20,7 @@ from runner.errors import ConfigError
 MIXING = ("MixUp", "CutMix")  # they mix labels too: {"images", "labels"} in, one-hot labels needed
 VALUE_RANGE = [0, 1]  # the pipeline scales images to [0, 1]; Keras' layers default to [0, 255]
 ONE_HOT_LOSS = "CategoricalCrossentropy"  # SparseCategoricalCrossentropy's twin for one-hot or soft labels
+ONE_HOT_LOSSES = (ONE_HOT_LOSS, "CategoricalFocalCrossentropy", "categorical_crossentropy")  # they score one-hot labels
 
 
 def entries(dataset_cfg):
@@ -57,6 +58,12 @@ def one_hot(cfg):
     """Whether the labels go one-hot: label mixing or label smoothing asks for them."""
     mixing = any(spec.get("type") in MIXING for spec in cfg.dataset.augment or [])
     return mixing or cfg.model.label_smoothing > 0
+
+
+def expects_one_hot(loss):
+    """Whether `loss` (a class name, or a compiled loss) scores one-hot labels: the data refuses such a
+    loss of the user's, and the custom loop picks its accuracy by the compiled one."""
+    return (loss if isinstance(loss, str) else type(loss).__name__) in ONE_HOT_LOSSES
 
 
 def loss_config(cfg):
