@@ -108,8 +108,10 @@ def test_a_resumed_pipeline_continues_the_augmentation(make_cfg):
     whole, steps = data.train_pipeline(*splits.train, 32, cfg.dataset.seed, 0, 2, fn)
     resumed, _ = data.train_pipeline(*splits.train, 32, cfg.dataset.seed, 1, 2, augment.batch_fn(cfg, 10))
     tail = [x.numpy() for x, _ in whole][steps:]
-    for a, (b, _) in zip(tail, resumed):
-        np.testing.assert_array_equal(a, b.numpy())
+    resumed = [x.numpy() for x, _ in resumed]
+    assert len(tail) == len(resumed) == steps  # epoch 2, whole, in both: zip below compares every batch
+    for a, b in zip(tail, resumed):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("loop", ["fit", "custom"])
@@ -132,11 +134,19 @@ def test_label_mixing_trains_with_one_hot_labels_in_both_loops(make_cfg, loop, m
 def test_label_smoothing_changes_the_loss(make_cfg, loop):
     plain = prepared(make_cfg, f"loop={loop}").train()
     smoothed_work = prepared(make_cfg, f"loop={loop}", "model.label_smoothing=0.2")
-    assert smoothed_work.model.loss.get_config()["label_smoothing"] == 0.2
+    loss = smoothed_work.model.loss
+    assert loss.get_config()["label_smoothing"] == 0.2
+    # The compiled loss is cross-entropy against (1 - 0.2) * one-hot + 0.2 / classes, by hand:
+    x, y = first_batch(smoothed_work.train_data[0])
+    assert set(np.unique(y)) == {0.0, 1.0}  # one-hot from the pipeline; the loss smooths
+    p = np.clip(np.asarray(smoothed_work.model(x, training=False), dtype=np.float64), 1e-7, 1 - 1e-7)
+    target = 0.8 * y + 0.2 / y.shape[1]
+    expected = np.mean(-np.sum(target * np.log(p / p.sum(axis=1, keepdims=True)), axis=1))
+    assert float(loss(y, p)) == pytest.approx(expected, rel=1e-4)
     smoothed = smoothed_work.train()
     # Smoothed targets keep the loss away from 0: higher than the plain loss on the same data.
     assert smoothed["test_loss"] > plain["test_loss"] + 0.05
-    assert abs(smoothed["test_accuracy"] - plain["test_accuracy"]) < 0.2
+    assert smoothed["test_accuracy"] > 0.3 and plain["test_accuracy"] > 0.3  # both learned (chance is 0.1)
 
 
 @pytest.mark.slow

@@ -67,8 +67,16 @@ def test_fill_sets_num_classes_and_input_shape_from_the_data(make_cfg, tmp_path)
 
 def test_inspect_and_fill_do_not_import_tensorflow(tmp_path):
     path = write(tmp_path / "d.npz", **good_arrays())
-    code = ("import sys; from runner import data; from omegaconf import OmegaConf; "
-            f"data.inspect(OmegaConf.create({dict(dataset_cfg(path))!r})); assert 'tensorflow' not in sys.modules")
+    code = (
+        "import sys\nfrom hydra import compose, initialize_config_module\nimport runner.config\nfrom runner import data\n"
+        "with initialize_config_module(config_module='runner.conf', version_base='1.3'):\n"
+        f"    cfg = compose(config_name='config', overrides=['dataset=npz', 'dataset.path={path}', 'model=mlp'])\n"
+        "info = data.inspect(cfg.dataset)\nfilled = data.fill(cfg, info)\n"
+        "assert (info.num_classes, info.input_shape) == (3, (4, 4, 1)), info\n"
+        "assert filled.dataset.num_classes == 3 and list(filled.dataset.input_shape) == [4, 4, 1], filled.dataset\n"
+        "assert cfg.dataset.num_classes is None  # fill returns a copy\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
 
 

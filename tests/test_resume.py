@@ -172,6 +172,13 @@ def test_two_runs_started_together_each_own_their_files(tmp_path):
         assert manifest["run_id"] == found.info.run_id and manifest["epoch"] == 2
 
 
+def ignores_sigterm(pid):
+    """Whether the process ignores SIGTERM now (Linux: the SigIgn mask in /proc/PID/status)."""
+    mask = next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("SigIgn:"))
+    return bool(int(mask, 16) >> (signal.SIGTERM - 1) & 1)
+
+
 @pytest.mark.slow
 def test_a_second_sigterm_during_cleanup_still_ends_the_run_killed(tmp_path):
     proc = start(["loop.epochs=500", "loop.verbose=0"], tmp_path)
@@ -180,7 +187,12 @@ def test_a_second_sigterm_during_cleanup_still_ends_the_run_killed(tmp_path):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.05)
+    # The runner's handler has run once it ignores SIGTERM (it does so first, then unwinds into the
+    # cleanup): only then is the second signal sent, so it lands during the cleanup, whatever the timing.
+    deadline = time.monotonic() + 30
+    while not ignores_sigterm(proc.pid):
+        assert proc.poll() is None and time.monotonic() < deadline, "the first SIGTERM was never handled"
+        time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
