@@ -78,10 +78,20 @@ def test_the_readme_is_a_front_door():
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_the_links_resolve(page):
-    """Every relative link of README and docs/ names a file that exists."""
-    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
-        if not re.match(r"^[a-z]+:", target):
-            assert (page.parent / target).exists(), f"{page.name} links {target}, which does not exist"
+    """Every relative link of README and docs/ names a file that exists, and a heading of it where it names one."""
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", page.read_text()):
+        if re.match(r"^[a-z]+:", target):
+            continue
+        path = page.parent / target
+        assert path.exists(), f"{page.name} links {target}, which does not exist"
+        if anchor:
+            assert anchor in _anchors(path), f"{page.name} links {target}#{anchor}: no such heading"
+
+
+def _anchors(page):
+    """GitHub's anchor of each heading: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
 
 
 @pytest.mark.slow
