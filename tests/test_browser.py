@@ -75,10 +75,20 @@ def page(ui):
         browser.close()
 
 
+def settle(page, quiet_ms=500, timeout_ms=30_000):
+    """Wait until the page stops drawing: its text and its number of charts and images unchanged for
+    `quiet_ms` (the UI polls its server for ever, so the network is never idle)."""
+    page.wait_for_function("""([quiet, started]) => {
+        const now = document.body.innerText.length + ':' + document.querySelectorAll('canvas, svg, img').length;
+        if (window.__settle === undefined || window.__settle.state !== now) window.__settle = {state: now, since: Date.now()};
+        return Date.now() - window.__settle.since >= quiet;
+    }""", arg=[quiet_ms, 0], polling=100, timeout=timeout_ms)
+
+
 def visit(page, url, shot, wait_for):
     page.goto(url)
     page.get_by_text(wait_for).first.wait_for(timeout=60_000)
-    page.wait_for_timeout(1500)  # charts and images finish drawing
+    settle(page)
     page.screenshot(path=shot, full_page=True)
     return page.inner_text("body")
 
@@ -113,8 +123,9 @@ def test_run_artifacts_show_the_figures(ui, page):
     page.get_by_text("figures", exact=True).first.click()
     with page.expect_response(lambda r: "confusion_matrix.png" in urllib.parse.unquote(r.url), timeout=30_000):
         page.get_by_text("confusion_matrix.png").first.click()
-    page.wait_for_timeout(2000)
-    assert page.locator("img").count() > 0
+    # The figure is drawn: an image the browser decoded, figure-sized (a broken one has no width, icons are small).
+    page.wait_for_function("() => Array.from(document.images).some(i => i.complete && i.naturalWidth >= 200)",
+                           timeout=30_000)
     page.screenshot(path=shots / "figure.png", full_page=True)
 
 
