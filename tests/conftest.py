@@ -69,3 +69,89 @@ def slurm():
 def postgres():
     """A PostgreSQL server on 127.0.0.1 with a database for MLflow; returns its URI."""
     return start_service("postgres")
+
+
+# ---- the two helpers every test file uses: the command line, and the runs in a store ------------
+
+ROOT = Path(__file__).resolve().parents[1]
+CLEAN_ENV = ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")  # a developer's shell must not steer a test's runs
+
+
+def cli_env(env=None):
+    """The environment a test's `runner` command runs in: this checkout importable, the developer's
+    MLflow URI and HYDRA_FULL_ERROR dropped, then `env` on top."""
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    environment["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), environment.get("PYTHONPATH")) if p)
+    return {**environment, **(env or {})}
+
+
+def cli(*args, cwd=None, env=None, timeout=600, background=False):
+    """`runner <args>` as a user types it (python -m runner), in `cwd`: the finished process with its
+    text output, or with `background` the running Popen (stdout and stderr piped)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "runner", *map(str, args)]
+    if background:
+        return subprocess.Popen(command, cwd=cwd, env=cli_env(env), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=cwd, env=cli_env(env), capture_output=True, text=True, timeout=timeout)
+
+
+def store_uri(where):
+    """A tracking URI as is, or the default store (./mlflow.db) of a folder the runner ran in."""
+    where = str(where)
+    return where if "://" in where else f"sqlite:///{Path(where) / 'mlflow.db'}"
+
+
+def runs(where, experiment="runner"):
+    """(client, runs of the experiment, oldest first) in a store: a URI, or a folder's ./mlflow.db."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store_uri(where))
+    found = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"]) if found else []
+
+
+def only_run(where, experiment="runner"):
+    """(client, the one run of the experiment); fails if there is not exactly one."""
+    client, found = runs(where, experiment)
+    assert len(found) == 1, [(r.info.run_name, r.info.status) for r in found]
+    return client, found[0]
+
+
+def family(where, experiment="runner"):
+    """(client, {sweep parent id: its children, oldest first}, {run id: run}) in a store."""
+    client, found = runs(where, experiment)
+    parents = [r for r in found if "runner.sweep_id" in r.data.tags and "mlflow.parentRunId" not in r.data.tags]
+    return client, {p.info.run_id: [r for r in found if r.data.tags.get("mlflow.parentRunId") == p.info.run_id]
+                    for p in parents}, {r.info.run_id: r for r in found}
+
+
+# ---- servers the tests start on 127.0.0.1 ---------------------------------------------------------
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(uri, proc, seconds, why):
+    """Until the MLflow server at `uri` answers /health; fails with why() if `proc` ends or time runs out."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=1)
+            return
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None, why()
+            time.sleep(0.5)

@@ -5,9 +5,7 @@ browser download). Screenshots go to $RUNNER_SCREENSHOTS (default: the test's te
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -15,14 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cli, free_port
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +26,8 @@ def ui(tmp_path_factory):
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (.ci/run does)")
     pytest.importorskip("playwright.sync_api", reason="pip install playwright (the [test] extra)")
     tmp = tmp_path_factory.mktemp("ui")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run([sys.executable, "-m", "runner", "-m", "optimizer=adam,sgd", "loop.epochs=2", "dataset.limit=200",
-                           "loop.verbose=0", "note=browser check"], cwd=tmp, env=env, capture_output=True, text=True,
-                          timeout=900)
+    done = cli("-m", "optimizer=adam,sgd", "loop.epochs=2", "dataset.limit=200", "loop.verbose=0", "note=browser check",
+               cwd=tmp, timeout=900)
     assert done.returncode == 0, done.stderr
     port = free_port()
     server = subprocess.Popen(["mlflow", "ui", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--host", "127.0.0.1",

@@ -1,18 +1,9 @@
 """Errors Hydra raises while composing reach the user as the runner's own: one line, exit status 2."""
 
-import os
-import subprocess
-import sys
 
 import pytest
 
-
-def runner(*args, full_error=False):
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    env["PYTHONPATH"] = os.getcwd()
-    if full_error:
-        env["HYDRA_FULL_ERROR"] = "1"
-    return subprocess.run([sys.executable, "-m", "runner", *args], env=env, capture_output=True, text=True, timeout=120)
+from conftest import cli
 
 
 @pytest.mark.parametrize("override, message", [
@@ -26,7 +17,7 @@ def runner(*args, full_error=False):
     ("loop=[", "no viable alternative at input '['"),
 ])
 def test_compose_error_is_one_line_with_exit_status_2(override, message):
-    proc = runner(override)
+    proc = cli(override, timeout=120)
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.strip().splitlines()  # one line: no search-path dump, no traceback
     head, _, tail = message.partition("*")  # `*`: a list that grows with the schema
@@ -34,12 +25,12 @@ def test_compose_error_is_one_line_with_exit_status_2(override, message):
 
 
 def test_full_error_shows_hydras_traceback():
-    proc = runner("optimizer=adamm", full_error=True)
+    proc = cli("optimizer=adamm", env={"HYDRA_FULL_ERROR": "1"}, timeout=120)
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr and "MissingConfigException" in proc.stderr
 
 
 def test_multirun_compose_error_is_one_line_too(tmp_path):
-    proc = runner("-m", "optimizer=adam,adamm", f"hydra.sweep.dir={tmp_path}")
+    proc = cli("-m", "optimizer=adam,adamm", f"hydra.sweep.dir={tmp_path}", timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("runner: config error: optimizer: no option 'adamm'")

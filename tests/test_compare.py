@@ -1,21 +1,12 @@
 """`runner compare` and `runner reproduce` on two real runs of a real sweep (the bundled digits)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from mlflow.tracking import MlflowClient
+
+from conftest import cli, family
 
 QUICK = ["loop.epochs=2", "dataset.limit=200", "loop.verbose=0", "mlflow.log_model=false"]
-
-
-def cli(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +14,9 @@ def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compare")
     done = cli("-m", "optimizer=adam,sgd", *QUICK, cwd=tmp)
     assert done.returncode == 0, done.stderr
-    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id], order_by=["attributes.start_time ASC"])
-    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    client, families, runs = family(tmp)
+    ((parent_id, children),) = families.items()
+    parent = runs[parent_id]
     return tmp, client, parent, children, done.stdout
 
 

@@ -4,19 +4,14 @@ import subprocess
 import sys
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from runner import config
 from runner.errors import ConfigError
 from runner.train import run
 
+from conftest import only_run
+
 QUICK = ["dataset.limit=300", "loop.verbose=0", "mlflow.log_model=false"]
-
-
-def only_run(store):
-    client = MlflowClient(store)
-    (found,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
-    return client, found
 
 
 def per_epoch(client, found, key):
@@ -267,8 +262,7 @@ def test_fit_and_custom_agree_with_class_weights_and_regularisation(make_cfg, st
         cfg = make_cfg(f"loop={loop}", *REGULARISED, "+dataset.class_weight=auto", "loop.epochs=2", *QUICK,
                        f"mlflow.tracking_uri={store}", f"mlflow.experiment_name={loop}")
         run(cfg, cwd=tmp_path)
-        client = MlflowClient(store)
-        (found,) = client.search_runs([client.get_experiment_by_name(loop).experiment_id])
+        client, found = only_run(store, experiment=loop)
         logged[loop] = {k: per_epoch(client, found, k) for k in ("loss", "val_loss", "regularization_loss", "accuracy")}
     # The same seed, batches and arithmetic up to float summation order: seen equal to ~4 decimals.
     for key, values in logged["fit"].items():

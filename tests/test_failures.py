@@ -2,8 +2,6 @@
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,12 +12,9 @@ from runner.errors import TrainingDiverged
 from runner.record import Tag
 from runner.train import run
 
+from conftest import cli, runs
+
 DIVERGE = ["optimizer=sgd", "optimizer.learning_rate=1e12", "optimizer.momentum=0.0"]
-
-
-def runs(uri):
-    client = MlflowClient(uri)
-    return client, client.search_runs([client.get_experiment_by_name("runner").experiment_id], order_by=["start_time"])
 
 
 @pytest.mark.parametrize("loop", ["fit", "custom"])
@@ -47,14 +42,6 @@ def test_a_failed_read_of_the_environment_leaves_the_runs_own_error(make_cfg, st
     assert Tag.COMMAND not in found.data.tags
 
 
-def start(args, cwd):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "runner", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def wait_for_checkpoint(cwd, proc, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -67,7 +54,7 @@ def wait_for_checkpoint(cwd, proc, timeout=120):
 
 @pytest.mark.slow  # a subprocess CLI run: the fast suite keeps the in-process twin
 def test_cli_diverging_run_exits_3(tmp_path):
-    proc = start([*DIVERGE, "loop.verbose=0"], tmp_path)
+    proc = cli(*DIVERGE, "loop.verbose=0", cwd=tmp_path, background=True)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 3, err
     assert err.strip().splitlines()[-1].startswith("runner: training diverged: the training loss became non-finite")
@@ -75,7 +62,7 @@ def test_cli_diverging_run_exits_3(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_marks_the_run_killed_keeps_the_checkpoint_and_exits_promptly(tmp_path):
-    proc = start(["loop.epochs=500", "loop.verbose=0"], tmp_path)
+    proc = cli("loop.epochs=500", "loop.verbose=0", cwd=tmp_path, background=True)
     wait_for_checkpoint(tmp_path, proc)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -83,7 +70,7 @@ def test_sigterm_marks_the_run_killed_keeps_the_checkpoint_and_exits_promptly(tm
     assert time.monotonic() - sent < 10
     assert proc.returncode == 143, err
     assert "runner: interrupted: terminated by SIGTERM" in err
-    _, (found,) = runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _, (found,) = runs(tmp_path)
     assert found.info.status == "KILLED"
     assert list(tmp_path.glob("outputs/*/*/run-*/checkpoints/epoch-*/model.weights.h5"))
 
@@ -92,8 +79,8 @@ def test_sigterm_marks_the_run_killed_keeps_the_checkpoint_and_exits_promptly(tm
 def test_kill_9_then_resume_gives_one_point_per_epoch_and_the_same_result(tmp_path):
     args = ["loop.epochs=12", "loop.verbose=0", "mlflow.log_model=false"]
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    uninterrupted = start(args, tmp_path / "a")
-    killed = start(args, tmp_path / "b")
+    uninterrupted = cli(*args, cwd=tmp_path / "a", background=True)
+    killed = cli(*args, cwd=tmp_path / "b", background=True)
     wait_for_checkpoint(tmp_path / "b", killed)
     killed.kill()
     killed.wait()
@@ -101,7 +88,7 @@ def test_kill_9_then_resume_gives_one_point_per_epoch_and_the_same_result(tmp_pa
     uri = f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
     _, (left,) = runs(uri)
     assert left.info.status == "RUNNING"  # what kill -9 leaves behind
-    resumed = start([f"resume={left.info.run_id}"], tmp_path / "b")
+    resumed = cli(f"resume={left.info.run_id}", cwd=tmp_path / "b", background=True)
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert "marked it KILLED" in err  # the next start noticed the dead run
@@ -109,7 +96,7 @@ def test_kill_9_then_resume_gives_one_point_per_epoch_and_the_same_result(tmp_pa
     assert found.info.run_id == left.info.run_id and found.info.status == "FINISHED"
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert [m.step for m in client.get_metric_history(found.info.run_id, key)] == list(range(1, 13)), key
-    _, (reference,) = runs(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}")
+    _, (reference,) = runs(tmp_path / "a")
     # Same batches in the same order (the order is a function of seed and epoch) and the
     # restored optimizer state: the same arithmetic, equal up to float summation order.
     for key in ("test_accuracy", "test_loss", "loss"):

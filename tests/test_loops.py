@@ -3,16 +3,11 @@
 import keras
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 
 from runner import config, step
 from runner.train import prepare, run
 
-
-def history(store):
-    client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id], order_by=["start_time"])
-    return client, runs
+from conftest import runs
 
 
 @pytest.mark.slow
@@ -22,7 +17,7 @@ def test_custom_and_fit_keep_one_contract(make_cfg, store, tmp_path, style):
     for loop in ("fit", "custom"):
         cfg = make_cfg(f"loop={loop}", f"model-style={style}", "loop.epochs=1", f"mlflow.tracking_uri={store}")
         results[loop] = run(cfg, cwd=tmp_path)
-    client, (fit_run, custom_run) = history(store)
+    client, (fit_run, custom_run) = runs(store)
     assert fit_run.data.metrics.keys() == custom_run.data.metrics.keys()
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy"} <= custom_run.data.metrics.keys()
     assert custom_run.info.status == "FINISHED"
@@ -81,7 +76,7 @@ def test_batch_loss_every_n_steps(make_cfg, store, tmp_path, loop):
     cfg = make_cfg(f"loop={loop}", "loop.epochs=2", "dataset.limit=320", "loop.log_every_n_steps=3",
                    "mlflow.log_model=false", f"mlflow.tracking_uri={store}")
     run(cfg, cwd=tmp_path)
-    client, (found,) = history(store)
+    client, (found,) = runs(store)
     steps = [m.step for m in client.get_metric_history(found.info.run_id, "batch_loss")]
     assert steps == [3, 6, 9, 12, 15, 18]  # 288 training examples: 9 batches of 32 per epoch
 

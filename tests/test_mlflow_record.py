@@ -14,6 +14,8 @@ from runner.record import provenance
 from runner.record import Tag
 from runner.train import run
 
+from conftest import only_run
+
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
@@ -28,8 +30,7 @@ def recorded(tmp_path_factory):
             "mlflow.system_metrics_interval=0.2", "model.name=digits_cnn", "note=a first look",
             "tags=[baseline,ablation]"])
     results = run(cfg, cwd=tmp, output_root=tmp / "out", choices={"model": "seed_cnn"})
-    client = MlflowClient(store)
-    (found,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    client, found = only_run(store)
     yield client, found, results, tmp
     mlflow.set_tracking_uri(None)
 

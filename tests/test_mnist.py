@@ -1,9 +1,10 @@
 """Real training on real MNIST (../shared/data/mnist.npz): the tutorial's result, reproduced."""
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from runner.train import run
+
+from conftest import only_run
 
 
 @pytest.mark.slow
@@ -11,8 +12,7 @@ def test_seed_mnist_reaches_the_tutorial_accuracy(make_cfg, store, tmp_path, mni
     cfg = make_cfg("experiment=seed_mnist", f"dataset.path={mnist_path}", f"mlflow.tracking_uri={store}")
     results = run(cfg, cwd=tmp_path)
     assert results["test_accuracy"] >= 0.985  # the tutorial: 0.9853 to 0.9878 in 5 epochs
-    client = MlflowClient(store)
-    (found,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    client, found = only_run(store)
     assert found.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(found.info.run_id, "val_accuracy")] == [1, 2, 3, 4, 5]
 
@@ -26,7 +26,6 @@ def test_seed_mnist_fast_reaches_the_tutorial_accuracy_in_one_epoch(make_cfg, st
     assert cfg.model.layers == make_cfg().model.layers  # seed_cnn unchanged
     results = run(cfg, cwd=tmp_path)
     assert results["test_accuracy"] >= 0.985
-    client = MlflowClient(store)
-    (found,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    client, found = only_run(store)
     rates = [m.value for m in client.get_metric_history(found.info.run_id, "learning_rate")]
     assert found.data.params["loop.precision"] == "mixed_bfloat16" and len(rates) == 1 and rates[0] < 1e-5  # decayed

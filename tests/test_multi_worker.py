@@ -1,13 +1,11 @@
 """loop.strategy=multi_worker for real: two worker processes on 127.0.0.1, told their parts by TF_CONFIG."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from mlflow.tracking import MlflowClient
-from test_sweep import free_port
+from conftest import free_port
+
+from conftest import cli, runs
 
 pytestmark = pytest.mark.slow
 # loop=custom: Keras 3.15's fit cannot start under MultiWorkerMirroredStrategy (its _maybe_symbolic_build
@@ -16,17 +14,9 @@ pytestmark = pytest.mark.slow
 ARGS = ["loop=custom", "loop.epochs=3", "loop.verbose=0", "mlflow.log_model=false"]
 
 
-def runs(uri):
-    client = MlflowClient(uri)
-    return client, client.search_runs([client.get_experiment_by_name("runner").experiment_id])
-
-
 def start(cwd, name, uri, *args, tf_config=None):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    if tf_config:
-        env["TF_CONFIG"] = json.dumps(tf_config)
-    return subprocess.Popen([sys.executable, "-m", "runner", *ARGS, *args, f"hydra.run.dir={cwd / name}"], cwd=cwd,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {"MLFLOW_TRACKING_URI": uri, **({"TF_CONFIG": json.dumps(tf_config)} if tf_config else {})}
+    return cli(*ARGS, *args, f"hydra.run.dir={cwd / name}", cwd=cwd, env=env, background=True)
 
 
 def test_two_workers_train_like_one_on_the_same_global_batch_and_only_the_chief_records(tmp_path):

@@ -1,14 +1,14 @@
 """Pruning (`sweep.prune`): the decision against real sibling runs in a real MLflow store, the config
 checks, and real sweeps in which a hopeless learning rate is stopped early."""
 
-import os
-import subprocess
-import sys
 
 import pytest
 
 from runner.sweep import prune
 from runner.errors import ConfigError
+
+import conftest
+from conftest import cli
 
 QUICK = ["dataset.limit=300", "loop.verbose=0", "mlflow.log_model=false", "mlflow.log_figures=false",
          "mlflow.system_metrics=false", "mlflow.log_environment=false"]
@@ -169,20 +169,6 @@ def _sweep_cfg(**values):
     return OmegaConf.merge(OmegaConf.structured(SweepConfig), values)
 
 
-def run_sweep(cwd, *args):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([sys.executable, "-m", "runner", "-m", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=900)
-
-
-def children(cwd):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
-    return client, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-
-
 # Two seeds of a good rate run first (grid order), then two of 0.5, which throws Adam far off: each of
 # those meets two good siblings at epoch 2 and is stopped there. The good ones never meet two siblings
 # that reached epoch 2 before them (prune_min_siblings=2), so they run every epoch.
@@ -196,11 +182,12 @@ GRID = ["optimizer.learning_rate=0.002,0.5", "seed=1,2"]
     ([], ["sweep.prune=successive_halving", "sweep.prune_eta=2"]),  # rung 2: the top half of those there go on
 ], ids=["basic", "parallel", "basic-successive-halving"])
 def test_a_sweep_prunes_the_hopeless_rate_and_the_leaderboard_says_so(tmp_path, launcher, rule):
-    done = run_sweep(tmp_path, *GRID, "loop.epochs=4", *rule, "sweep.prune_warmup=2", *launcher, *QUICK)
+    done = cli("-m", *GRID, "loop.epochs=4", *rule, "sweep.prune_warmup=2", *launcher, *QUICK, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    client, runs = children(tmp_path)
-    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
-    pruned = [r for r in runs if "runner.pruned" in r.data.tags]
+    client, families, _ = conftest.family(tmp_path)
+    jobs = [child for children in families.values() for child in children]
+    assert len(jobs) == 4 and {r.info.status for r in jobs} == {"FINISHED"}
+    pruned = [r for r in jobs if "runner.pruned" in r.data.tags]
     assert sorted(r.data.params["optimizer.learning_rate"] for r in pruned) == ["0.5", "0.5"]
     for bad in pruned:
         assert bad.data.tags["runner.pruned"] == "2"
@@ -208,7 +195,7 @@ def test_a_sweep_prunes_the_hopeless_rate_and_the_leaderboard_says_so(tmp_path, 
         assert "test_accuracy" in bad.data.metrics  # tested like any other run
         row = next(line for line in done.stdout.splitlines() if line.startswith("|") and bad.info.run_id in line)
         assert "| PRUNED | " in row and "| 2 |" in row  # status, and the epochs it ran
-    for good in (r for r in runs if r not in pruned):
+    for good in (r for r in jobs if r not in pruned):
         assert len(client.get_metric_history(good.info.run_id, "val_loss")) == 4
     assert "4 of 4 jobs FINISHED (2 pruned)" in done.stdout
 
@@ -227,23 +214,24 @@ def test_an_optuna_study_in_sqlite_grows_across_sweeps_and_its_trials_are_pruned
               "hydra.sweeper.n_trials=3", "optimizer.learning_rate=tag(log,interval(1e-3,1.0))", "loop.epochs=3",
               "sweep.prune=median", "sweep.prune_warmup=1", "sweep.prune_min_siblings=1", *QUICK]
     for seed in (1, 2):  # a fixed sampler seed would propose the first sweep's points again
-        done = run_sweep(tmp_path, *search, f"hydra.sweeper.sampler.seed={seed}")
+        done = cli("-m", *search, f"hydra.sweeper.sampler.seed={seed}", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         study = optuna.load_study(study_name="lr", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
         assert len(study.trials) == 3 * seed  # the study grows: trials of both sweeps
         assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}
-    client, runs = children(tmp_path)
-    assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
-    assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 2  # one parent per sweep
-    for run in runs:  # the basic launcher runs trials one after another: the earlier siblings decide
-        earlier = [r for r in runs if r.data.tags["mlflow.parentRunId"] == run.data.tags["mlflow.parentRunId"]
+    client, families, _ = conftest.family(tmp_path)
+    jobs = [child for children in families.values() for child in children]
+    assert len(jobs) == 6 and {r.info.status for r in jobs} == {"FINISHED"}
+    assert len({r.data.tags["mlflow.parentRunId"] for r in jobs}) == 2  # one parent per sweep
+    for run in jobs:  # the basic launcher jobs trials one after another: the earlier siblings decide
+        earlier = [r for r in jobs if r.data.tags["mlflow.parentRunId"] == run.data.tags["mlflow.parentRunId"]
                    and r.info.start_time < run.info.start_time]
         mine, theirs = _values_at(client, run, "val_loss"), [_values_at(client, r, "val_loss") for r in earlier]
         stopped = [e for e in sorted(mine) if earlier and prune.decide(
             "median", e, mine[e], [t[e] for t in theirs if e in t], warmup=1, min_siblings=1)[0]]
         assert run.data.tags.get("runner.pruned") == (str(stopped[0]) if stopped else None)
         assert len(mine) == (stopped[0] if stopped else 3)
-    assert any("runner.pruned" in r.data.tags for r in runs), "no trial was pruned: the rule was never exercised"
+    assert any("runner.pruned" in r.data.tags for r in jobs), "no trial was pruned: the rule was never exercised"
 
 
 @pytest.mark.parametrize("monitor, mode", [("loss", "min"), ("val_loss", "min"), ("accuracy", "max"),

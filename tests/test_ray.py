@@ -10,7 +10,8 @@ import tempfile
 import time
 
 import pytest
-from test_sweep import QUICK, family, free_port
+from conftest import family, free_port
+from test_sweep import QUICK
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="needs pip install '.[cluster]'")

@@ -9,15 +9,14 @@ test. A command shown in several files runs once, under the first file that
 shows it (README first, then docs/ by name).
 """
 
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import cli, runs
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,27 +116,17 @@ def test_readme_command_runs(command, tmp_path):
             extra.append("dataset.limit=2000")  # MNIST is the one large data set the README names
         if "hydra/sweeper=tune" in words:
             extra.append("hydra.sweeper.n_trials=2")
-    done = _runner([*words, *extra], tmp_path, env)
+    done = cli(*words, *extra, cwd=tmp_path, env=env)
     assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
     if not words or words[0] not in ("compare", "reproduce"):
         assert "MLflow run " in done.stdout or "jobs FINISHED" in done.stdout
 
 
-def _runner(args, cwd, env=None):
-    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env={**environment, **(env or {})},
-                          capture_output=True, text=True, timeout=600)
-
-
 def _two_runs(cwd):
     """The ids of two real runs in the store of `cwd` (what `runner compare` and `reproduce` take)."""
     for lr in ("0.001", "0.01"):
-        assert _runner(["loop.epochs=1", "loop.verbose=0", f"optimizer.learning_rate={lr}"], cwd).returncode == 0
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
-    return [r.info.run_id for r in runs]
+        assert cli("loop.epochs=1", "loop.verbose=0", f"optimizer.learning_rate={lr}", cwd=cwd).returncode == 0
+    return [r.info.run_id for r in runs(cwd)[1]]
 
 
 def _mnist():

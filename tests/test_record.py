@@ -1,10 +1,6 @@
 """The run's record can be trusted: store forms, redaction, identity, resume decisions, final status."""
 
-import os
 import re
-import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -17,13 +13,9 @@ from runner.errors import ConfigError
 from runner.record import Tag
 from runner.train import run
 
+from conftest import cli, only_run
+
 QUICK = ["loop.epochs=1", "dataset.limit=200", "loop.verbose=0", "mlflow.log_model=false"]
-
-
-def only_run(uri):
-    client = MlflowClient(uri)
-    (found,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
-    return client, found
 
 
 # ---- store forms ----------------------------------------------------------------------------
@@ -103,12 +95,6 @@ def test_filter_values_are_refused_rather_than_quoted_wrongly():
         record.quoted("x' or '1'='1")
 
 
-def cli(*args, cwd, env=None, timeout=300):
-    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env={**environment, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def stored_text(tmp_path):
     """Everything the store holds: the database's bytes and every artifact file."""
     text = Path(tmp_path / "mlflow.db").read_bytes().decode("latin-1")
@@ -131,7 +117,7 @@ def test_secrets_reach_nowhere_in_the_store(tmp_path):
     done = cli("+dataset.password=hunter2", "+dataset.source=http://bob:hunter3@data.example/x",
                "+dataset.api_keys=[hunter5]", "+dataset.credentials={user: bob, pass: hunter6}", *QUICK, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    client, found = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, found = only_run(tmp_path)
     assert found.data.params["dataset.password"] == "***"
     assert found.data.params["dataset.source"] == "http://bob:***@data.example/x"
     assert "+dataset.password=***" in found.data.tags[Tag.OVERRIDES]

@@ -2,10 +2,7 @@
 model style, loop and option; its checkpoint is its own; its final record is written once."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +13,8 @@ from runner import checkpoints
 from runner.record import tracking
 from runner.errors import ConfigError
 from runner.train import run
+
+from conftest import cli, only_run, runs
 
 EPOCHS = 3
 BASE = [f"loop.epochs={EPOCHS}", "dataset.limit=600", "loop.verbose=0", "mlflow.log_model=false"]
@@ -39,8 +38,7 @@ def stopped_run(make_cfg, uri, tmp_path, monkeypatch, *overrides):
         interrupted_after(1, patch)
         with pytest.raises(KeyboardInterrupt):
             run(make_cfg(*BASE, *overrides, f"mlflow.tracking_uri={uri}"), cwd=tmp_path)
-    client = MlflowClient(uri)
-    (stopped,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    client, stopped = only_run(uri)
     assert stopped.info.status == "KILLED"
     return client, stopped
 
@@ -88,7 +86,7 @@ def check_resume_is_exact(make_cfg, tmp_path, monkeypatch, overrides):
     reference = run(make_cfg(*BASE, *overrides, f"mlflow.tracking_uri={a}"), cwd=tmp_path)
     client, stopped = stopped_run(make_cfg, b, tmp_path, monkeypatch, *overrides)
     resumed = run(make_cfg(f"resume={stopped.info.run_id}", f"mlflow.tracking_uri={b}"), cwd=tmp_path)
-    (ref_run,) = MlflowClient(a).search_runs([MlflowClient(a).get_experiment_by_name("runner").experiment_id])
+    _, ref_run = only_run(a)
     for key in ("loss", "val_loss", "accuracy"):
         assert history(b, stopped.info.run_id, key) == history(a, ref_run.info.run_id, key), key
     assert round(resumed["test_loss"], 5) == round(reference["test_loss"], 5)
@@ -128,8 +126,7 @@ def test_resumed_final_logging_is_not_repeated(make_cfg, store, tmp_path, monkey
         patch.setattr(tracking, "log_model", killed_while_logging_the_model)
         with pytest.raises(KeyboardInterrupt):
             run(make_cfg(*BASE, f"mlflow.tracking_uri={store}"), cwd=tmp_path)
-    client = MlflowClient(store)
-    (found,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    client, found = only_run(store)
     assert found.info.status == "KILLED" and real is tracking.log_model
     run(make_cfg(f"resume={found.info.run_id}", f"mlflow.tracking_uri={store}"), cwd=tmp_path)
     assert [m.step for m in client.get_metric_history(found.info.run_id, "test_loss")] == [EPOCHS]
@@ -145,23 +142,16 @@ def test_batch_loss_steps_continue_after_resume(make_cfg, store, tmp_path, monke
     assert steps == list(range(4, 52, 4))
 
 
-def start(args, cwd):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.slow
 def test_two_runs_started_together_each_own_their_files(tmp_path):
     """Same second, same pinned Hydra directory, a fresh store: no shared file, no schema race."""
     shared = ["hydra.run.dir=pinned", "loop.epochs=2", "loop.verbose=0"]
-    procs = [start([*shared, "seed=1"], tmp_path), start([*shared, "seed=2", "model=mlp"], tmp_path)]
+    procs = [cli(*shared, "seed=1", cwd=tmp_path, background=True), cli(*shared, "seed=2", "model=mlp", cwd=tmp_path, background=True)]
     for proc in procs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
-    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    client, found = runs(tmp_path)
+    assert len(found) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     dirs = {r.data.tags["runner.output_dir"] for r in runs}
     assert len(dirs) == 2 and all(Path(d).parent == (tmp_path / "pinned").resolve() for d in dirs)
     for found in runs:
@@ -181,7 +171,7 @@ def ignores_sigterm(pid):
 
 @pytest.mark.slow
 def test_a_second_sigterm_during_cleanup_still_ends_the_run_killed(tmp_path):
-    proc = start(["loop.epochs=500", "loop.verbose=0"], tmp_path)
+    proc = cli("loop.epochs=500", "loop.verbose=0", cwd=tmp_path, background=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("outputs/*/*/run-*/checkpoints/state.json")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -196,6 +186,5 @@ def test_a_second_sigterm_during_cleanup_still_ends_the_run_killed(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (found,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    client, found = only_run(tmp_path)
     assert found.info.status == "KILLED"

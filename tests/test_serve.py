@@ -4,7 +4,6 @@ predictions."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,17 +13,14 @@ import keras
 import mlflow
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 
 from runner.train import run
 
+from conftest import only_run
+
+from conftest import free_port
+
 pytestmark = pytest.mark.slow
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url, payload):
@@ -46,8 +42,7 @@ def test_mlflow_models_serve_answers_with_the_trained_models_predictions(tmp_pat
         run(cfg, cwd=tmp_path, output_root=tmp_path / "out")
     finally:
         mlflow.set_tracking_uri(None)
-    client = MlflowClient(store)
-    (found,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    client, found = only_run(store)
     (output,) = found.outputs.model_outputs
     trained = keras.saving.load_model(next((tmp_path / "out").glob("run-*/checkpoints/epoch-0001")))
 

@@ -13,8 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-from test_sweep import free_port, wait_healthy
+from conftest import cli, free_port, runs, wait_healthy
 
 try:  # the Ray variant of the load test needs a Ray head (hydra-ray-launcher); the rest does not
     from test_ray import LOOPBACK, ray_head  # noqa: F401  (a fixture)
@@ -85,18 +84,15 @@ def server(database, tmp_path):
 
 
 def sweep(cwd, uri, *args, **env):
-    return subprocess.Popen(
-        [sys.executable, "-m", "runner", "-m", "hydra/launcher=parallel", f"hydra.launcher.n_jobs={JOBS}", f"seed={SEEDS}",
-         *TINY, *args], cwd=cwd, env={**os.environ, "MLFLOW_TRACKING_URI": uri, **env}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )
+    """The 8 jobs with the parallel launcher, running, their store the server at `uri`."""
+    return cli("-m", "hydra/launcher=parallel", f"hydra.launcher.n_jobs={JOBS}", f"seed={SEEDS}", *TINY, *args,
+               cwd=cwd, env={"MLFLOW_TRACKING_URI": uri, **env}, background=True)
 
 
 def children(uri):
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("runner")
-    runs = client.search_runs([experiment.experiment_id]) if experiment else []
-    return client, [r for r in runs if "mlflow.parentRunId" in r.data.tags], runs
+    """(client, the sweep's jobs, every run) in the server's store."""
+    client, found = runs(uri)
+    return client, [r for r in found if "mlflow.parentRunId" in r.data.tags], found
 
 
 def stored_points(client, run, epochs):
@@ -133,12 +129,9 @@ def watch(server, until):
 def ray_sweep(cwd, uri, address, *args):
     """The same 8 jobs as Ray tasks of 1 CPU on the test's Ray head (2 CPUs: two at a time). The
     workers have `ray start`'s environment, so the server's URI goes in the jobs' config."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "runner", "-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}",
-         f"seed={SEEDS}", f"mlflow.tracking_uri={uri}", *TINY, *args], cwd=cwd,
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri, **LOOPBACK}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )
+    return cli("-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}", f"seed={SEEDS}",
+               f"mlflow.tracking_uri={uri}", *TINY, *args, cwd=cwd, env={"MLFLOW_TRACKING_URI": uri, **LOOPBACK},
+               background=True)
 
 
 @pytest.mark.parametrize("launcher", ["parallel", "ray"])
@@ -204,12 +197,10 @@ def test_a_server_killed_mid_sweep_and_restarted_loses_nothing_and_leaves_nothin
 def test_a_run_whose_server_stays_away_is_ended_failed_by_the_next_runner_that_reaches_it(tmp_path, server):
     from runner.record import RunDir
 
-    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
+    env = {"MLFLOW_TRACKING_URI": server.uri}
     # a retry budget of ~1 s, so the outage outlasts it
-    job = subprocess.Popen([sys.executable, "-m", "runner", "loop.epochs=200", *TINY, f"hydra.run.dir={tmp_path / 'run'}"],
-                           cwd=tmp_path, env={**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-                                              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"},
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = cli("loop.epochs=200", *TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, background=True,
+              env={**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"})
     deadline = time.monotonic() + 180
     while True:
         client, _, runs = children(server.uri)
@@ -226,8 +217,7 @@ def test_a_run_whose_server_stays_away_is_ended_failed_by_the_next_runner_that_r
 
     server.start()
     assert client.get_run(run_id).info.status == "RUNNING"  # all the store knows: the defect being repaired
-    again = subprocess.run([sys.executable, "-m", "runner", "loop.epochs=1", *TINY], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)
+    again = cli("loop.epochs=1", *TINY, cwd=tmp_path, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"runner: run {run_id} ended FAILED now: its process could not reach the tracking store then" in again.stderr
     run = client.get_run(run_id)

@@ -3,12 +3,12 @@ submitit's local executor. A cancelled job is a KILLED run with its checkpoint, 
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_sweep import QUICK, family, sweep
+from conftest import cli, family
+from test_sweep import QUICK
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs pip install '.[cluster]'")
@@ -21,7 +21,7 @@ def one_parent(cwd):
 
 
 def test_a_sweep_through_sbatch_lands_nested_finished_runs(tmp_path, slurm):
-    done = sweep(tmp_path, "hydra/launcher=slurm", "optimizer=adam,sgd,rmsprop,adamw", *QUICK)
+    done = cli("-m", "hydra/launcher=slurm", "optimizer=adam,sgd,rmsprop,adamw", *QUICK, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     client, parent, children = one_parent(tmp_path)
     assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
@@ -48,15 +48,12 @@ def wait_for(pattern, cwd, proc, timeout=180):
 
 
 def submit(cwd, epochs, *overrides):
-    """`runner -m hydra/launcher=slurm loop.epochs=<epochs> <overrides>` of one job, running; with its environment."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "-m", "hydra/launcher=slurm", f"loop.epochs={epochs}",
-                             "loop.verbose=0", "mlflow.log_model=false", *overrides], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return proc, env
+    """`runner -m hydra/launcher=slurm loop.epochs=<epochs> <overrides>` of one job, running."""
+    return cli("-m", "hydra/launcher=slurm", f"loop.epochs={epochs}", "loop.verbose=0", "mlflow.log_model=false",
+               *overrides, cwd=cwd, background=True)
 
 
-def assert_killed_then_resumed(cwd, proc, env, epochs, endings, timeout):
+def assert_killed_then_resumed(cwd, proc, epochs, endings, timeout):
     """The one-job sweep ends (exit 1) with its run KILLED by one of `endings`, epochs logged and a
     checkpoint kept; `runner resume=<id>` then finishes it with one point per epoch."""
     out, err = proc.communicate(timeout=timeout)  # the sweep goes on and ends: it does not wait forever
@@ -68,8 +65,7 @@ def assert_killed_then_resumed(cwd, proc, env, epochs, endings, timeout):
     assert 1 <= len(client.get_metric_history(child.info.run_id, "loss")) < epochs
     assert list(Path(cwd).glob("multirun/*/*/0/run-*/checkpoints/epoch-*/model.weights.h5"))
 
-    resumed = subprocess.run([sys.executable, "-m", "runner", f"resume={child.info.run_id}"], cwd=cwd, env=env,
-                             capture_output=True, text=True, timeout=600)
+    resumed = cli(f"resume={child.info.run_id}", cwd=cwd)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run = client.get_run(child.info.run_id)
     assert run.info.status == "FINISHED"
@@ -78,17 +74,17 @@ def assert_killed_then_resumed(cwd, proc, env, epochs, endings, timeout):
 
 def test_scancel_ends_the_run_killed_with_its_checkpoint_and_resume_finishes_it(tmp_path, slurm):
     epochs = 30
-    proc, env = submit(tmp_path, epochs)
+    proc = submit(tmp_path, epochs)
     wait_for("multirun/*/*/0/run-*/checkpoints/state.json", tmp_path, proc)
     (job_dir,) = tmp_path.glob("multirun/*/*/.submitit/[0-9]*")
     subprocess.run(["scancel", job_dir.name], check=True, timeout=30)  # SIGTERM to the job's processes
-    assert_killed_then_resumed(tmp_path, proc, env, epochs, ["Terminated: terminated by SIGTERM"], timeout=180)
+    assert_killed_then_resumed(tmp_path, proc, epochs, ["Terminated: terminated by SIGTERM"], timeout=180)
     log = next(job_dir.glob("*_log.err")).read_text()
     assert "CANCELLED" in log and "runner: interrupted: terminated by SIGTERM" in log
 
 
 def test_a_sweep_on_submitits_local_executor(tmp_path):
-    done = sweep(tmp_path, "hydra/launcher=submitit_local", "optimizer=adam,sgd", *QUICK)
+    done = cli("-m", "hydra/launcher=submitit_local", "optimizer=adam,sgd", *QUICK, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     _, parent, children = one_parent(tmp_path)
     assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
@@ -97,8 +93,7 @@ def test_a_sweep_on_submitits_local_executor(tmp_path):
 
 def test_one_slurm_job_of_two_tasks_is_one_multi_worker_training(tmp_path, slurm):
     # Without TF_CONFIG, the runner reads the cluster from SLURM_* (SlurmClusterResolver): task 0 is the chief.
-    done = sweep(tmp_path, "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2", "loop=custom",
-                 "loop.strategy=multi_worker", *QUICK, RUNNER_VERBOSE="1")  # TensorFlow's cluster lines
+    done = cli("-m", "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2", "loop=custom", "loop.strategy=multi_worker", *QUICK, cwd=tmp_path, env={"RUNNER_VERBOSE": "1"})  # TensorFlow's cluster lines
     assert done.returncode == 0, done.stderr[-3000:]
     client, parent, (child,) = one_parent(tmp_path)  # one run for the two workers
     assert child.info.status == "FINISHED"
@@ -118,6 +113,6 @@ def test_a_job_past_its_time_limit_ends_killed_with_its_checkpoint_and_resumes(t
     # the earliest, against ~8 s to the first checkpoint here. 1000 epochs of the whole digits set
     # (~0.2 s each in the job, measured) take past the limit; 300 examples (~0.09 s) did not always.
     epochs = 1000
-    proc, env = submit(tmp_path, epochs, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30")
+    proc = submit(tmp_path, epochs, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30")
     endings = ["Terminated: the SLURM job got SIGUSR2 (its time limit is near)", "Terminated: terminated by SIGTERM"]
-    assert_killed_then_resumed(tmp_path, proc, env, epochs, endings, timeout=300)
+    assert_killed_then_resumed(tmp_path, proc, epochs, endings, timeout=300)

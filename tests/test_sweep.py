@@ -7,27 +7,15 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
+import conftest
+from conftest import cli, family, free_port, wait_healthy
+
 QUICK = ["loop.epochs=2", "dataset.limit=300", "loop.verbose=0", "mlflow.log_model=false"]
-
-
-def sweep(cwd, *args, **extra_env):
-    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **extra_env}
-    return subprocess.run([sys.executable, "-m", "runner", "-m", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
-
-
-def family(cwd):
-    """{parent run: [its child runs]} in the sweep's store."""
-    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
-    parents = [r for r in runs if "runner.sweep_id" in r.data.tags and "mlflow.parentRunId" not in r.data.tags]
-    return client, {p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id]
-                    for p in parents}, {r.info.run_id: r for r in runs}
 
 
 @pytest.mark.slow  # a subprocess CLI run: the fast suite keeps the in-process twin
 def test_sweep_is_one_parent_with_nested_jobs_and_a_leaderboard(tmp_path):
-    done = sweep(tmp_path, "model-style=sequential,subclass", "optimizer=adam,sgd", *QUICK)
+    done = cli("-m", "model-style=sequential,subclass", "optimizer=adam,sgd", *QUICK, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     client, families, runs = family(tmp_path)
     ((parent_id, children),) = families.items()
@@ -49,7 +37,7 @@ def test_sweep_is_one_parent_with_nested_jobs_and_a_leaderboard(tmp_path):
 
 
 def test_preflight_reports_a_broken_point_before_any_job(tmp_path):
-    done = sweep(tmp_path, "model=seed_cnn,resnet_small", "model-style=sequential", *QUICK)
+    done = cli("-m", "model=seed_cnn,resnet_small", "model-style=sequential", *QUICK, cwd=tmp_path)
     assert done.returncode == 2
     assert "preflight: 1 of 2 sweep points are broken; no job was started" in done.stderr
     assert "model=resnet_small model-style=sequential" in done.stderr and "builds chains only" in done.stderr
@@ -58,7 +46,7 @@ def test_preflight_reports_a_broken_point_before_any_job(tmp_path):
 
 @pytest.mark.slow  # a subprocess CLI run: the fast suite keeps the in-process twin
 def test_a_failing_job_is_recorded_and_the_others_finish(tmp_path):
-    done = sweep(tmp_path, "model=seed_cnn,resnet_small", "model-style=sequential", "sweep.preflight=false", *QUICK)
+    done = cli("-m", "model=seed_cnn,resnet_small", "model-style=sequential", "sweep.preflight=false", *QUICK, cwd=tmp_path)
     assert done.returncode == 1
     assert "1 of 2 jobs FINISHED, 1 not" in done.stdout
     _, families, runs = family(tmp_path)
@@ -73,7 +61,7 @@ def test_a_failing_job_is_recorded_and_the_others_finish(tmp_path):
 @pytest.mark.slow
 def test_parallel_jobs_lose_nothing_and_resume_reruns_only_what_is_missing(tmp_path):
     args = ["hydra/launcher=parallel", "hydra.launcher.n_jobs=4", "optimizer=adam,sgd,rmsprop,adamw", *QUICK]
-    done = sweep(tmp_path, *args)
+    done = cli("-m", *args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     client, families, _ = family(tmp_path)
     ((parent_id, children),) = families.items()
@@ -85,36 +73,13 @@ def test_parallel_jobs_lose_nothing_and_resume_reruns_only_what_is_missing(tmp_p
 
     failed = children[0]
     client.set_terminated(failed.info.run_id, "FAILED")  # as if that job had crashed
-    again = sweep(tmp_path, "sweep.skip_finished=true", *args)
+    again = cli("-m", "sweep.skip_finished=true", *args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("skipped, the identical config already FINISHED") == 3
     _, families, _ = family(tmp_path)
     new_children = [c for p, cs in families.items() if p != parent_id for c in cs]
     assert [c.info.run_name for c in new_children] == [failed.info.run_name]  # only the failed point re-ran
     assert "4 of 4 jobs FINISHED" in again.stdout
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(uri, proc, seconds, why):
-    """Until the MLflow server at `uri` answers /health; fails with why() if `proc` ends or time runs out."""
-    import time
-    import urllib.request
-
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=1)
-            return
-        except OSError:
-            assert time.monotonic() < deadline and proc.poll() is None, why()
-            time.sleep(0.5)
 
 
 @pytest.mark.slow
@@ -133,18 +98,14 @@ def test_sweep_logs_to_a_real_tracking_server(tmp_path):
     try:
         wait_healthy(uri, server, 60, lambda: "server did not start")
         secret_uri = f"http://bob:hunter4@127.0.0.1:{port}"  # credentials in the URI: used, never recorded
-        done = subprocess.run(
-            [sys.executable, "-m", "runner", "-m", "optimizer=adam,sgd", *QUICK], cwd=tmp_path,
-            env={**os.environ, "MLFLOW_TRACKING_URI": secret_uri}, capture_output=True, text=True, timeout=600,
-        )
+        done = cli("-m", "optimizer=adam,sgd", *QUICK, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": secret_uri})
         assert done.returncode == 0, done.stderr
         assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
         assert "hunter4" not in done.stdout + done.stderr and "bob:***@127.0.0.1" in done.stdout
         stored = (tmp_path / "server.db").read_bytes() + b"".join(
             p.read_bytes() for p in (tmp_path / "server-artifacts").rglob("*") if p.is_file())
         assert b"hunter4" not in stored
-        client = MlflowClient(uri)
-        runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+        client, runs = conftest.runs(uri)
         children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
         assert len(runs) == 3 and len(children) == 2 and {r.info.status for r in runs} == {"FINISHED"}
         assert {a.path for a in client.list_artifacts(children[0].info.run_id)} >= {"config.yaml", "model_summary.txt"}
@@ -156,8 +117,7 @@ def test_sweep_logs_to_a_real_tracking_server(tmp_path):
 @pytest.mark.slow
 def test_optuna_search_maximises_validation_accuracy(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    done = sweep(tmp_path, "hydra/sweeper=tune", "hydra.sweeper.n_trials=3",
-                 "optimizer.learning_rate=tag(log,interval(1e-4,1e-1))", *QUICK)
+    done = cli("-m", "hydra/sweeper=tune", "hydra.sweeper.n_trials=3", "optimizer.learning_rate=tag(log,interval(1e-4,1e-1))", *QUICK, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     _, families, _ = family(tmp_path)
     ((parent_id, trials),) = families.items()
@@ -173,8 +133,7 @@ def test_the_readme_offline_sweep_with_a_relative_path_finishes_every_row(tmp_pa
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 255, (400, 8, 8), dtype=np.uint8), (np.arange(400) % 3).astype(np.uint8)
     np.savez(tmp_path / "d.npz", x_train=x[:340], y_train=y[:340], x_test=x[340:], y_test=y[340:])
-    done = sweep(tmp_path, "dataset=npz", "dataset.path=d.npz", "dataset.num_classes=3", "dataset.input_shape=[8,8,1]",
-                 "optimizer=adam,sgd", "+dataset.password=hunter2", *QUICK)
+    done = cli("-m", "dataset=npz", "dataset.path=d.npz", "dataset.num_classes=3", "dataset.input_shape=[8,8,1]", "optimizer=adam,sgd", "+dataset.password=hunter2", *QUICK, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "2 of 2 jobs FINISHED" in done.stdout and "MISSING" not in done.stdout
     _, families, runs = family(tmp_path)

@@ -1,22 +1,14 @@
 """End to end: a real Keras model trained on the bundled digits, recorded in a real (temporary) MLflow store."""
 
-import os
-import subprocess
-import sys
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from runner.errors import ConfigError
 from runner.train import run
 
+from conftest import cli, family, only_run
+
 EPOCH_METRICS = {"loss", "accuracy", "val_loss", "val_accuracy"}
-
-
-def only_run(uri, experiment="runner"):
-    client = MlflowClient(uri)
-    (found,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    return client, found
 
 
 def test_one_epoch_on_digits_is_fully_recorded(make_cfg, store, tmp_path):
@@ -57,23 +49,14 @@ def test_config_error_before_training_creates_no_run(make_cfg, store, tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # the store is not even opened
 
 
-def cli(*args, cwd, **env):
-    environment = {**os.environ, **env}
-    environment.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args], cwd=cwd, env=environment, capture_output=True, text=True
-    )
-
-
 @pytest.mark.slow  # a subprocess CLI run: the fast suite keeps the in-process twin
 def test_cli_multirun_three_styles_same_parameters(tmp_path):
     done = cli(
         "-m", "model-style=sequential,functional,subclass", "loop.epochs=1", "dataset.limit=400", cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
-    runs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]  # the jobs, not the sweep's parent run
+    _, families, _ = family(tmp_path)
+    ((_, runs),) = families.items()  # the jobs, not the sweep's parent run
     assert sorted(r.data.tags["model-style"] for r in runs) == ["functional", "sequential", "subclass"]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert len({r.data.metrics["num_params"] for r in runs}) == 1
@@ -99,8 +82,7 @@ def test_users_config_dir_adds_a_model(tmp_path):
     )
     done = cli("--config-dir", "my_conf", "model=tiny", "loop.epochs=1", "mlflow.log_model=false", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (found,) = client.search_runs([client.get_experiment_by_name("runner").experiment_id])
+    _, found = only_run(tmp_path)
     assert found.data.tags["model"] == "tiny"
     assert found.data.metrics["num_params"] == 8 * 8 * 10 + 10
 
