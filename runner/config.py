@@ -5,14 +5,12 @@ The schema makes OmegaConf reject an unknown or mistyped key at compose time;
 arguments against Keras' own signatures, the layer graph, and value ranges.
 """
 
-import functools
 import hashlib
 import importlib.util
 import uuid
 import json
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -21,7 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from runner import callbacks, class_weights, keras_api, schedules
 from runner.sweep import prune
-from runner.data import augment
+from runner import data
+from runner.data import augment, checks, digest
 from runner.errors import ConfigError
 from runner.graph import STYLES, Graph
 from runner.keras_api import class_args
@@ -29,8 +28,7 @@ from runner.keras_api import class_args
 LOOPS = ("fit", "custom")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = (None, "mirrored", "multi_worker")
-DATASETS = ("digits", "npz", "mnist", "fashion_mnist", "cifar10", "cifar100", "csv", "image_folder", "tfds", "wine",
-            "breast_cancer", "iris")
+DATASETS = tuple(data.SOURCES)
 CACHES = ("none", "memory", "disk")
 
 
@@ -184,7 +182,7 @@ def validate(cfg: DictConfig) -> Graph:
     graph = Graph.parse(
         model["layers"], list(cfg.dataset.input_shape), model["inputs"], model["outputs"], model["custom_layers"]
     )
-    _check_head(graph, cfg.model.loss, cfg.dataset.num_classes)
+    checks.head(graph, cfg.model.loss, cfg.dataset.num_classes)
     if cfg.model.style == "sequential":
         problem = graph.sequential_error()
         if problem:
@@ -221,74 +219,25 @@ def step_check(loop, optimizer):
                           "install it.")
 
 
-def _check_head(graph, loss, num_classes):
-    """The output layer against the data set and the loss: the tutorial's 10 units for 100
-    classes, or a softmax fed to a loss that applies softmax again (or logits to one that does not)."""
-    head = next(n for n in graph.nodes if n.name == graph.outputs[0])
-    units = head.kwargs.get("units")
-    if head.type == "Dense" and isinstance(units, int) and units != num_classes:
-        raise ConfigError(
-            f"{head.where}: units={units}, but dataset.num_classes is {num_classes}. "
-            "Write `units: ${dataset.num_classes}` so the output follows the data set."
-        )
-    activation = "softmax" if head.type == "Softmax" else head.kwargs.get("activation", "linear")
-    if "crossentropy" not in str(loss.get("class_name", "")).lower():
-        return
-    from_logits = bool(loss.get("from_logits", False))
-    if from_logits and activation == "softmax":
-        raise ConfigError(
-            f"{head.where}: ends in softmax, but model.loss.from_logits is true, so the loss would apply "
-            "softmax a second time. Set model.loss.from_logits=false, or remove the activation."
-        )
-    if not from_logits and activation in (None, "linear"):
-        raise ConfigError(
-            f"{head.where}: outputs logits (no activation), but model.loss expects probabilities "
-            "(from_logits false). Set model.loss.from_logits=true, or add `activation: softmax`."
-        )
-
-
 def _one_of(key, value, choices, group):
     if value not in choices:
         hint = keras_api.did_you_mean(str(value), [c for c in choices if c])
         raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(choices)} ({group}=...).{hint}")
 
 
-def fingerprint(cfg):
+def fingerprint(cfg, info=None):
     """A hash of what determines a run's result: the resolved config (less where it is logged and
-    how it prints), the data's content, the runner's version and the code of its custom layers."""
+    how it prints), the data's content (`info.digest`, the digest its check read; without `info`, the
+    digest of dataset.path and test_path), the runner's version and the code of its custom layers."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     for key in ("mlflow", "sweep", "resume", "tags", "note"):
         plain.pop(key, None)
     plain["loop"].pop("verbose", None)
     plain["model"].pop("description", None)
     plain["_runner"] = version("runner")
-    plain["_data"] = [content_digest(plain["dataset"].get(key)) for key in ("path", "test_path")]
-    plain["_code"] = {m: content_digest(_module_file(m)) for m in plain["model"].get("custom_layers") or ()}
+    plain["_data"] = info.digest if info is not None else digest.of(plain["dataset"]["path"], plain["dataset"]["test_path"])
+    plain["_code"] = {m: digest.of(_module_file(m)) for m in plain["model"].get("custom_layers") or ()}
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=64)
-def _digest(path, size, mtime_ns):
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
-    return sha.hexdigest()[:16]
-
-
-def content_digest(path):
-    """sha256 of a file (cached while its size and mtime stay), or of a folder's file list with
-    sizes and mtimes; None without a path or for one that does not exist (the data stage says so)."""
-    if not path:
-        return None
-    path = Path(path)
-    if path.is_file():
-        stat = path.stat()
-        return _digest(str(path), stat.st_size, stat.st_mtime_ns)
-    if path.is_dir():
-        files = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file())
-        return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
-    return None
 
 
 def _module_file(module):

@@ -11,6 +11,7 @@ import sys
 import keras
 
 from runner import checkpoints, keras_api
+from runner.data.checks import output as check_output  # noqa: F401  (the rule lives with the other model-fits-data rules)
 from runner.errors import ConfigError
 from runner.graph import STYLES, Graph
 
@@ -86,19 +87,6 @@ class GraphModel(keras.Model):
                 "list them in model.custom_layers (their code runs), or import them before loading."
             )
         return super().from_config(config)
-
-
-def check_output(model, graph, num_classes):
-    """The first output must be one score per class: catches a 10-unit head on 100 classes, or a missing Flatten."""
-    shape = output_shapes(model, graph)[0]
-    if shape[1:] != (num_classes,):
-        node = next(n for n in graph.nodes if n.name == graph.outputs[0])
-        hint = " Add a Flatten or GlobalAveragePooling layer before it." if len(shape) > 2 else ""
-        raise ConfigError(
-            f"{node.where}: the model's output has shape {list(shape[1:])} per example, but "
-            f"dataset.num_classes is {num_classes}: the output layer must have {num_classes} units "
-            f"(`units: ${{dataset.num_classes}}`).{hint}"
-        )
 
 
 def output_shapes(model, graph):

@@ -38,8 +38,8 @@ def run(cfg, job=None, **fields):
     checkpoint with the config it started with.
     """
     job = job or Job(**fields)
-    cfg, graph = checked(cfg, job.cwd, failed_run=job)  # milliseconds, before TensorFlow
-    plan = plan_record(cfg, graph, job)
+    cfg, graph, info = checked(cfg, job.cwd, failed_run=job)  # milliseconds, before TensorFlow
+    plan = plan_record(cfg, graph, info, job)
     if plan.skipped is not None:
         return plan.skipped
     from runner import environment  # imports TensorFlow
@@ -54,9 +54,9 @@ def run(cfg, job=None, **fields):
                         run_dir=plan.run_dir, output_root=job.output_root or Path(job.cwd) / "outputs") as (active, run_dir):
         started = time.perf_counter()
         work = prepare(plan.cfg, plan.graph, strategy, resume_from=run_dir.checkpoints if resumed else None,
-                       run_id=active.info.run_id, keep_data=job.multirun)
+                       run_id=active.info.run_id, keep_data=job.multirun, data_info=plan.info)
         if not resumed:
-            tracking.log_start(plan.cfg, work.model, job)
+            tracking.log_start(plan.cfg, work.model, job, plan.info)
         try:
             results = work.train(run_dir.checkpoints)
             work.train_data = None  # the pipeline's copy of the training examples goes before the record's peak
@@ -72,11 +72,13 @@ def run(cfg, job=None, **fields):
 
 @dataclass
 class Plan:
-    """What the record decided before any training: the config to run (a resumed run's own), where it
-    is recorded and under which name and tags; `skipped` holds the results of a sweep point done before."""
+    """What the record decided before any training: the config to run (a resumed run's own) with its
+    graph and DataInfo, where it is recorded and under which name and tags; `skipped` holds the
+    results of a sweep point done before."""
 
     cfg: object
     graph: object
+    info: object  # data.DataInfo: what the check read, carried to the fingerprint, the record and the load
     experiment_id: str = None
     run_name: str = None
     tags: dict = None
@@ -84,7 +86,7 @@ class Plan:
     skipped: dict = None
 
 
-def plan_record(cfg, graph, job):
+def plan_record(cfg, graph, info, job):
     """Open the store, then decide: resume a run (its saved config), skip a point done before, or start
     a run named and tagged from the job (nested under its sweep's parent)."""
     experiment_id = record.open_store(cfg.mlflow, job.cwd)  # imports MLflow (1.7 s): the config is good
@@ -93,26 +95,27 @@ def plan_record(cfg, graph, job):
         record.set_output_dir(cfg.resume, run_dir)
         cfg = config.load(run_dir.config, resume=cfg.resume, mlflow=cfg.mlflow, loop={"verbose": cfg.loop.verbose})
         return Plan(*checked(cfg, job.cwd), experiment_id, None, record.resumed_tags(job.overrides), run_dir=run_dir)
-    fingerprint = config.fingerprint(cfg)
+    fingerprint = config.fingerprint(cfg, info)
     if cfg.sweep.skip_finished:
         done = record.finished_run(experiment_id, fingerprint)
         if done:
             print(f"runner: skipped, the identical config already FINISHED as run {done.info.run_id}", flush=True)
-            return Plan(cfg, graph, skipped={k: v for k, v in done.data.metrics.items() if k.startswith(("test_", "val_"))})
+            return Plan(cfg, graph, info, skipped={k: v for k, v in done.data.metrics.items() if k.startswith(("test_", "val_"))})
     parent = record.sweep_parent(experiment_id, cfg.sweep.id) if job.multirun else None
-    return Plan(cfg, graph, experiment_id, *record.identity(job.choices, job.overrides, fingerprint, parent))
+    return Plan(cfg, graph, info, experiment_id, *record.identity(job.choices, job.overrides, fingerprint, parent))
 
 
 def checked(cfg, cwd, failed_run=None):
-    """(cfg with absolute paths, its layer graph): everything that can be checked before TensorFlow.
+    """(cfg with absolute paths, its layer graph, its data.DataInfo): everything that can be checked
+    before TensorFlow.
 
     A sweep job (`failed_run` with multirun set) that fails here still leaves
     a FAILED run beside the others.
     """
     cfg = _absolute_paths(cfg, cwd)
     try:
-        cfg = data.fill(cfg)  # classes and shapes from the data: a missing data file is the first error
-        return cfg, config.validate(cfg)
+        cfg, info = data.checked(cfg)  # classes and shapes from the data: a missing data file is the first error
+        return cfg, config.validate(cfg), info
     except config.ConfigError as error:
         if failed_run is not None and failed_run.multirun:
             experiment_id = record.open_store(cfg.mlflow, cwd)
@@ -132,15 +135,15 @@ def off_the_record(plan, job):
     cfg = plan.cfg.copy()
     cfg.mlflow.tracking_uri = f"sqlite:///{throwaway}/mlflow.db"
     job = replace(job, output_root=throwaway, multirun=False)
-    return plan_record(cfg, plan.graph, job), job
+    return plan_record(cfg, plan.graph, plan.info, job), job
 
 
-def prepare(cfg, graph, strategy=None, resume_from=None, run_id=None, keep_data=False):
+def prepare(cfg, graph, strategy=None, resume_from=None, run_id=None, keep_data=False, data_info=None):
     """The work of one run, ready to train: Keras' global state set, the model built (or restored
-    from `resume_from`) and compiled, the data loaded into pipelines."""
+    from `resume_from`) and compiled, the data loaded into pipelines (`data_info`: what its check read)."""
     from runner import work
 
-    return work.Work.prepare(cfg, graph, strategy, resume_from, run_id, keep_data)
+    return work.Work.prepare(cfg, graph, strategy, resume_from, run_id, keep_data, data_info)
 
 
 def report(work, results, run_dir, cfg, resumed, choices=None):

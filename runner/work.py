@@ -16,7 +16,7 @@ import tensorflow as tf
 from runner import callbacks as controls, checkpoints, class_weights, data, loops, models
 from runner.record import tracking
 from runner.sweep import prune
-from runner.data import augment
+from runner.data import augment, checks
 
 
 @dataclass
@@ -33,13 +33,14 @@ class Work:
     class_weight: dict = None  # {label: weight} for the loss, both loops
 
     @classmethod
-    def prepare(cls, cfg, graph, strategy=None, resume_from=None, run_id=None, keep_data=False):
-        """Set Keras' globals, load the data, build or restore the model under `strategy`, compile it."""
+    def prepare(cls, cfg, graph, strategy=None, resume_from=None, run_id=None, keep_data=False, data_info=None):
+        """Set Keras' globals, load the data (`data_info`: what its check read), build or restore the
+        model under `strategy`, compile it."""
         strategy = strategy or tf.distribute.get_strategy()
         keras.backend.clear_session()  # jobs of a multirun share this process: no leaked names or RNG state
         keras.utils.set_random_seed(cfg.seed)
         keras.mixed_precision.set_global_policy(cfg.loop.precision)  # every job sets it: jobs share a process
-        splits = data.load(cfg.dataset, keep=keep_data)  # a sweep's next job in this process reads it again
+        splits = data.load(cfg.dataset, data_info, keep=keep_data)  # keep: a sweep's next job in this process
         model, state = None, {}
         if resume_from:
             with strategy.scope():  # variables on every replica; fit and the custom loop follow the model
@@ -103,7 +104,7 @@ def build_model(cfg, graph, total_steps=None):
     model = models.build(graph, cfg.model.style)
     if cfg.model.name:
         model.name = cfg.model.name  # the model YAML's own name (a Keras Applications export carries one)
-    models.check_output(model, graph, cfg.dataset.num_classes)
+    checks.output(model, graph, cfg.dataset.num_classes)
     accumulate = cfg.loop.accumulate_steps if cfg.loop.name == "fit" else 1  # loop=custom's step accumulates
     if cfg.loop.name == "custom" and total_steps and cfg.loop.accumulate_steps > 1:
         # The custom step applies (and a schedule advances) once per accumulate_steps batches; the

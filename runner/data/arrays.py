@@ -1,11 +1,13 @@
-"""Data sets held as NumPy arrays (a local .npz, scikit-learn's digits, keras.datasets), and the
-checks that catch arrays which are not what the config assumes. No TensorFlow here."""
+"""The arrays source: a local .npz in the Keras layout, scikit-learn's bundled digits, keras.datasets;
+and the checks that catch arrays which are not what the config assumes. No TensorFlow here, but in
+`read_keras` (a keras.datasets download happens at load time; `inspect` knows its sizes without it)."""
 
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 
+from runner.data import splits
 from runner.errors import ConfigError
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -18,6 +20,54 @@ KERAS_LOADERS = {
 }
 SCALES = ("auto", "255", "none")
 CHANNELS = (1, 3, 4)
+
+
+def inspect(cfg):
+    """The DataInfo of the arrays (a keras.datasets download: from KERAS_LOADERS, without it)."""
+    if cfg.name in KERAS_LOADERS and cfg.path is None:
+        return _keras_info(cfg)
+    data = read(cfg)
+    return splits.describe(cfg, data, splits.partition(data, cfg))
+
+
+def load(cfg, info=None):
+    """Train, validation and test arrays; `info` the check's DataInfo (else described from this read)."""
+    data = read(cfg)
+    rows = splits.partition(data, cfg)
+    info = info or splits.describe(cfg, data, rows)
+    splits.agree(cfg, info, set_missing=False)
+    return splits.Splits(*splits.parts(data.x_train, data.y_train, data.x_test, data.y_test, rows), info=info)
+
+
+def read(cfg):
+    if cfg.name in KERAS_LOADERS and cfg.path is None:  # with a path: that .npz
+        return _arrays(cfg, read_keras(cfg.name), f"keras.datasets.{cfg.name}", ())
+    if cfg.name == "digits" and cfg.path is None:
+        raw, path = read_digits()
+        return _arrays(cfg, raw, str(path or "sklearn.datasets.load_digits"), (path,) if path else ())
+    splits.need_path(cfg, "file.npz")
+    path = Path(cfg.path)
+    return _arrays(cfg, read_npz(path), str(path), (path,))
+
+
+def _arrays(cfg, raw, source, paths):
+    x_train, x_test = (inputs(raw[k], k, cfg.scale) for k in ("x_train", "x_test"))
+    y_train, y_test = (labels(raw[k], k) for k in ("y_train", "y_test"))
+    for x, y, name in ((x_train, y_train, "train"), (x_test, y_test, "test")):
+        if len(x) != len(y):
+            raise ConfigError(f"dataset: x_{name} has {len(x)} examples but y_{name} {len(y)} labels.")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ConfigError(f"dataset: x_train has examples of shape {list(x_train.shape[1:])}, "
+                          f"x_test {list(x_test.shape[1:])}; they must match.")
+    return splits.Read(x_train, y_train, x_test, y_test, source, paths, input_shape=x_train.shape[1:])
+
+
+def _keras_info(cfg):
+    num_classes, shape, n_train, n_test = KERAS_LOADERS[cfg.name]
+    n = min(n_train, cfg.limit) if cfg.limit else n_train
+    n_val = int(round(n * cfg.validation_split))
+    return splits.DataInfo(cfg.name, f"keras.datasets.{cfg.name}", None, num_classes, shape,
+                           {"train": n - n_val, "validation": n_val, "test": n_test})
 
 
 def read_npz(path):

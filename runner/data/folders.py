@@ -1,14 +1,47 @@
-"""Image folders: one sub-folder per class. Listing, shapes and digests need no TensorFlow; the
-images are decoded per batch in the pipeline (runner.data.pipelines), never all at once."""
+"""The image_folder source: one sub-folder per class. Listing and shapes need no TensorFlow; the
+images are decoded per batch in the pipeline (runner.data.pipelines), never all at once, or once
+into a cache (dataset.cache)."""
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
+from runner.data import splits
 from runner.errors import ConfigError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # what tf.io.decode_image reads
+
+
+def inspect(cfg):
+    """The DataInfo of the folders: classes from the sub-folders, the shape from the first image's header."""
+    data = read(cfg)
+    return splits.describe(cfg, data, splits.partition(data, cfg))
+
+
+def load(cfg, info=None):
+    """Train, validation and test as Files, or decoded once into arrays (dataset.cache=memory or disk)."""
+    data = read(cfg)
+    rows = splits.partition(data, cfg)
+    info = info or splits.describe(cfg, data, rows)
+    splits.agree(cfg, info, set_missing=False)
+    parts = splits.parts(data.x_train, data.y_train, data.x_test, data.y_test, rows)
+    if cfg.cache != "none":
+        from runner.data import pipelines  # imports TensorFlow
+
+        parts = [(pipelines.decoded(x, cfg.cache, info.digest), y) for x, y in parts]
+    return splits.Splits(*parts, info=info)
+
+
+def read(cfg):
+    splits.need_path(cfg, "folder")
+    paths, y, names = listing(cfg.path, "dataset.path")
+    x_test, y_test = None, None
+    if cfg.test_path is not None:
+        test_paths, y_test, _ = listing(cfg.test_path, "dataset.test_path", names)
+    shape = image_shape(paths[0], cfg.input_shape)
+    if cfg.test_path is not None:
+        x_test = Files(test_paths, shape)
+    return splits.Read(Files(paths, shape), y, x_test, y_test, str(cfg.path), (cfg.path, cfg.test_path), names, shape)
 
 
 class Files:
@@ -63,15 +96,3 @@ def image_shape(first_file, configured):
             return (image.height, image.width, 1 if image.mode in ("L", "1", "I;16", "I", "F") else 3)
     except OSError as error:
         raise ConfigError(f"dataset.path: cannot read {first_file!r} as an image: {error}") from error
-
-
-def digest(*roots):
-    """sha256 of every file's relative path, size and modification time: a changed file changes it,
-    without reading 20,000 images."""
-    h = hashlib.sha256()
-    for root in roots:
-        for p in sorted(Path(root).rglob("*")):
-            if p.is_file():
-                stat = p.stat()
-                h.update(f"{p.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-    return h.hexdigest()

@@ -1,4 +1,5 @@
-"""Tables: one CSV (or train and test CSVs) with a label column, and scikit-learn's bundled tables.
+"""The tables source: one CSV (or train and test CSVs) with a label column, and scikit-learn's
+bundled tables (wine, breast_cancer, iris).
 
 Reading and typing the columns needs no TensorFlow; `encode` turns the columns
 into one float32 vector per row with Keras preprocessing layers adapted on the
@@ -12,10 +13,52 @@ from pathlib import Path
 
 import numpy as np
 
+from runner.data import splits
 from runner.data.arrays import sklearn_file
 from runner.errors import ConfigError
 
 SKLEARN_TABLES = {"wine": "wine_data.csv", "breast_cancer": "breast_cancer.csv", "iris": "iris.csv"}
+
+
+def inspect(cfg):
+    """The DataInfo of the table: its width once encoded and its columns (the vocabularies of the training rows)."""
+    data, rows, _ = _split(cfg)
+    return splits.describe(cfg, data, rows)
+
+
+def load(cfg, info=None):
+    """Train, validation and test as float32 matrices, encoded as `encode` says."""
+    data, rows, vocab = _split(cfg)
+    info = info or splits.describe(cfg, data, rows)
+    splits.agree(cfg, info, set_missing=False)
+    x_train, *x_test = encode(data.x_train, rows[0], vocab, *([] if data.x_test is None else [data.x_test]))
+    return splits.Splits(*splits.parts(x_train, data.y_train, x_test[0] if x_test else None, data.y_test, rows),
+                         info=info)
+
+
+def _split(cfg):
+    """(the table read, partition's rows, the vocabularies of its training rows)."""
+    data = read(cfg)
+    rows = splits.partition(data, cfg)
+    vocab = vocabularies(data.x_train, rows[0])
+    data.input_shape, data.features = (width(data.x_train, vocab),), list(data.x_train)
+    return data, rows, vocab
+
+
+def read(cfg):
+    if cfg.name in SKLEARN_TABLES:
+        columns, y, names, path = read_sklearn(cfg.name)
+        return splits.Read(columns, y.astype(np.int32), None, None, str(path), (path,), names)
+    splits.need_path(cfg, "table.csv")
+    columns, labels = read_csv(cfg.path, cfg.label, list(cfg.categorical))
+    test_columns, test_labels = None, None
+    if cfg.test_path is not None:
+        test_columns, test_labels = read_csv(cfg.test_path, cfg.label, list(cfg.categorical))
+        if list(test_columns) != list(columns):
+            raise ConfigError(f"dataset.test_path: columns {list(test_columns)} differ from dataset.path's "
+                              f"{list(columns)}.")
+    names, y, y_test = classes(labels, test_labels, cfg.path)
+    return splits.Read(columns, y, test_columns, y_test, str(cfg.path), (cfg.path, cfg.test_path), names)
 
 
 def read_csv(path, label, categorical):

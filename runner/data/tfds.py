@@ -8,7 +8,7 @@ TensorFlow, no tensorflow-datasets); `load` reads its records as a stream
 import json
 from pathlib import Path
 
-from runner.data import folders
+from runner.data import digest, splits
 from runner.errors import ConfigError
 
 SHUFFLE_BUFFER = 10_000  # examples held for shuffling a stream: the memory it costs is bounded
@@ -79,8 +79,7 @@ def _split_sizes(cfg, sizes):
 
 
 def inspect(cfg):
-    from runner.data import DataInfo
-
+    """The DataInfo of the prepared folder, from its JSON (no TensorFlow, no tensorflow-datasets)."""
     folder, sizes, _, shape, num_classes, names = _describe(cfg)
     if cfg.input_shape is not None:
         shape = list(cfg.input_shape)  # images are resized to it
@@ -88,11 +87,11 @@ def inspect(cfg):
         raise ConfigError(f"dataset.input_shape: {cfg.tfds!r} has examples of varying shape {shape}; set "
                           "dataset.input_shape=[height, width, channels] to resize them.")
     n_train, n_val, n_test = _split_sizes(cfg, sizes)
-    return DataInfo(cfg.name, str(folder), folders.digest(folder), num_classes, tuple(shape),
-                    {"train": n_train, "validation": n_val, "test": n_test}, class_names=names)
+    return splits.DataInfo(cfg.name, str(folder), digest.of(folder), num_classes, tuple(shape),
+                           {"train": n_train, "validation": n_val, "test": n_test}, class_names=names)
 
 
-def load(cfg):
+def load(cfg, info=None):
     """Splits of Streams: train and validation are the first examples of `train` and the rest, as TFDS
     slices them; the order within each epoch comes from runner.data.pipelines."""
     try:
@@ -102,12 +101,12 @@ def load(cfg):
             from error
     import tensorflow as tf
 
-    from runner.data import Splits, agree, pipelines
+    from runner.data import pipelines
 
-    info = inspect(cfg)
-    agree(cfg, info, set_missing=False)
-    folder, _, keys, shape, _, _ = _describe(cfg)
-    builder = tfds.builder_from_directory(str(folder))
+    info = info or inspect(cfg)
+    splits.agree(cfg, info, set_missing=False)
+    builder = tfds.builder_from_directory(info.source)  # the prepared folder inspect found
+    shape = list(builder.info.features[builder.info.supervised_keys[0]].shape)  # resized where it differs
     n_train, n_val, n_test = info.examples.values()
     target = list(info.input_shape)
 
@@ -124,4 +123,4 @@ def load(cfg):
 
     train = stream(f"train[:{n_train}]", n_train)
     val = stream(f"train[{n_train}:{n_train + n_val}]", n_val)
-    return Splits((train, None), (val, None), (stream("test", n_test), None), info=info)
+    return splits.Splits((train, None), (val, None), (stream("test", n_test), None), info=info)

@@ -3,7 +3,8 @@ digest and a profile (examples, shape, examples per class), so the UI's Dataset 
 run's Datasets section are filled.
 
 Described, never handed over: MLflow would materialise a tf.data pipeline to
-hash it. The description (and digest) is `data.inspect`'s, as for the config fingerprint.
+hash it. The description (and digest) is the DataInfo the run's check read (`data.checked`), the
+one the config fingerprint and the load use too.
 """
 
 import hashlib
@@ -19,9 +20,10 @@ from runner.record.store import insert_shared
 SPLITS = ("train", "validation", "test")  # the contexts MLflow shows beside each dataset
 
 
-def log_datasets(dataset_cfg):
-    """Log the three splits as MLflow inputs, with their contexts; return the description."""
-    info = data.inspect(dataset_cfg)
+def log_datasets(dataset_cfg, info=None):
+    """Log the three splits as MLflow inputs, with their contexts: `info` is the DataInfo the run's check
+    read (without it, the data of `dataset_cfg` is inspected); return it."""
+    info = info or data.inspect(dataset_cfg)
     datasets = [_dataset(info, split) for split in SPLITS]
     insert_shared(mlflow.log_inputs, datasets, contexts=list(SPLITS), tags_list=[None] * len(SPLITS))
     return info

@@ -47,9 +47,10 @@ def system_metrics(mlflow_cfg):
         mlflow.disable_system_metrics_logging()
 
 
-def log_start(cfg, model, job):
+def log_start(cfg, model, job, data_info):
     """The config (secrets masked), the parameter count, the headline params, the user's tags, the
-    description and, when asked, what produced the run, as soon as the model exists."""
+    description and, when asked, what produced the run (its data: `data_info`, what its check read),
+    as soon as the model exists."""
     with signals.deferred():
         mlflow.log_text(public_yaml(cfg), "config.yaml")
         mlflow.log_metric("num_params", model.count_params(), synchronous=True)
@@ -58,7 +59,7 @@ def log_start(cfg, model, job):
     mlflow.set_tags({**dict.fromkeys(user, "true"), Tag.USER_TAGS: ",".join(user),
                      Tag.NOTE: describe(cfg, job.choices or {})})
     if cfg.mlflow.log_datasets:
-        inputs.log_datasets(cfg.dataset)
+        inputs.log_datasets(cfg.dataset, data_info)
     _start_early(cfg, job.cwd)
 
 

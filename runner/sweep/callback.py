@@ -54,7 +54,7 @@ class SweepCallback(Callback):
             for job in points(overrides):
                 cfgs[tuple(job)] = hydra.compose(config_name=config.hydra.job.config_name, overrides=job)
             good = preflight(cfgs, cwd, build=config.sweep.preflight)
-            self.hashes = {point: fingerprint(good[point][0]) if point in good else None for point in cfgs}
+            self.hashes = {point: fingerprint(good[point][0], good[point][2]) if point in good else None for point in cfgs}
         storage = config.hydra.sweeper.get("storage")
         if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower() and isinstance(storage, str):
             stamp_optuna_storage(storage)
@@ -142,7 +142,7 @@ def end_abandoned(parent_id, status, message):
 
 def preflight(cfgs, cwd, build=True):
     """Check every point as its job will (absolute paths included) and build each distinct model (no
-    training); report all broken points at once and exit 2. Returns point -> (checked cfg, graph)."""
+    training); report all broken points at once and exit 2. Returns point -> (checked cfg, graph, DataInfo)."""
     from runner.train import checked
 
     started = time.perf_counter()
@@ -167,13 +167,13 @@ def preflight(cfgs, cwd, build=True):
 def _build_all(good, broken):
     """Build each distinct model once. A multi-worker point is only validated: its strategy must be
     the first TensorFlow work of its process, and the basic launcher runs jobs in this one."""
-    if any(cfg.loop.strategy == "multi_worker" for cfg, _ in good.values()):
+    if any(cfg.loop.strategy == "multi_worker" for cfg, *_ in good.values()):
         return
     from runner import environment, work  # imports TensorFlow
 
     environment.setup_devices()
     built = set()
-    for point, (cfg, graph) in good.items():
+    for point, (cfg, graph, _) in good.items():
         key = repr((graph.to_config(), cfg.model.style, cfg.dataset.num_classes))
         if key in built:
             continue
