@@ -75,7 +75,8 @@ def test_inspect_and_fill_do_not_import_tensorflow(tmp_path):
         "assert (info.num_classes, info.input_shape) == (3, (4, 4, 1)), info\n"
         "assert filled.dataset.num_classes == 3 and list(filled.dataset.input_shape) == [4, 4, 1], filled.dataset\n"
         "assert cfg.dataset.num_classes is None  # fill returns a copy\n"
-        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
+        "from runner.train import checked\nchecked(cfg, '.')  # data.checked, config.validate: the model against the data\n"
+        "assert not {'tensorflow', 'keras', 'mlflow'} & set(sys.modules), sorted(sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
 
@@ -93,6 +94,7 @@ def test_a_sweep_process_reads_its_data_once_and_again_when_it_changes(tmp_path)
     path = write(tmp_path / "d.npz", **good_arrays())
     first = data.load(dataset_cfg(path), keep=True)
     assert data.load(dataset_cfg(path), keep=True) is first  # the next job of a sweep in this process
+    assert data.load(dataset_cfg(path, seed=5), keep=True) is first  # the seed orders the pipeline, not the splits
     assert data.load(dataset_cfg(path, limit=4), keep=True) is not first  # another config of the same file
     again = data.load(dataset_cfg(path), keep=True)
     arrays = good_arrays()
@@ -102,6 +104,53 @@ def test_a_sweep_process_reads_its_data_once_and_again_when_it_changes(tmp_path)
     changed = data.load(dataset_cfg(path))
     assert changed is not again and changed.train[0].sum() != again.train[0].sum()
     assert data.load(dataset_cfg(path)) is not changed  # a single run keeps nothing
+
+
+def test_each_data_set_name_chooses_its_source_once(tmp_path, monkeypatch):
+    from runner import config
+
+    assert config.DATASETS == tuple(data.SOURCES)
+    assert all(callable(m.inspect) and callable(m.load) for m in data.SOURCES.values())
+    seen = []
+
+    class Source:  # answers for npz: the name alone chooses, and the load takes the check's DataInfo
+        inspect = staticmethod(lambda cfg: seen.append(("inspect", cfg.name)) or "info")
+        load = staticmethod(lambda cfg, info: seen.append(("load", info)) or "splits")
+
+    monkeypatch.setitem(data.SOURCES, "npz", Source)
+    cfg = dataset_cfg(tmp_path / "none.npz")
+    assert data.inspect(cfg) == "info" and data.load(cfg, "info") == "splits"
+    assert seen == [("inspect", "npz"), ("load", "info")]
+    with pytest.raises(ConfigError, match=r"^dataset.name: unknown data set 'npy'.$"):
+        data.inspect(dataset_cfg(tmp_path, name="npy"))
+
+
+def test_the_fingerprint_takes_the_digest_the_check_read(make_cfg, tmp_path):
+    import dataclasses
+
+    from runner import config
+
+    path = write(tmp_path / "d.npz", **good_arrays(20))
+    cfg, info = data.checked(make_cfg("dataset=npz", f"dataset.path={path}", "model=mlp"))
+    assert config.fingerprint(cfg, info) == config.fingerprint(cfg)  # one digest: the check's is the file's
+    assert config.fingerprint(cfg, dataclasses.replace(info, digest="0" * 64)) != config.fingerprint(cfg, info)
+
+
+def test_a_run_digests_its_data_once_and_reads_it_twice(make_cfg, store, tmp_path, monkeypatch):
+    """The check reads and digests the file; the fingerprint, the record's datasets and the load carry
+    its DataInfo; only the load reads the arrays again."""
+    from conftest import only_run
+    from runner.data import arrays, digest
+    from runner.train import run
+
+    path = write(tmp_path / "d.npz", **good_arrays(40))
+    digested, read, of, read_npz = [], [], digest.of, arrays.read_npz
+    monkeypatch.setattr(digest, "of", lambda *paths: digested.append(paths) or of(*paths))
+    monkeypatch.setattr(arrays, "read_npz", lambda p: read.append(p) or read_npz(p))
+    run(make_cfg("dataset=npz", f"dataset.path={path}", "model=mlp", "loop.epochs=1", "loop.verbose=0",
+                 "mlflow.log_model=false", "mlflow.log_figures=false", f"mlflow.tracking_uri={store}"), cwd=tmp_path)
+    assert len(digested) == 1 and len(read) == 2, (digested, read)
+    assert len(only_run(store)[1].inputs.dataset_inputs) == 3  # the record's datasets, from the carried DataInfo
 
 
 def test_limit_caps_the_training_examples(tmp_path):
