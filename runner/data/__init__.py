@@ -15,7 +15,7 @@ import copy
 from omegaconf import OmegaConf
 
 from runner.data import arrays, checks, folders, tables, tfds
-from runner.data.splits import SPLIT_SEED, DataInfo, Splits, agree, partition  # noqa: F401  (the stage's names)
+from runner.data.splits import DataInfo, Splits, agree
 from runner.errors import ConfigError
 
 SEED_RANGE = 2**32  # numpy's legacy seeding (keras.utils.set_random_seed) takes 0 <= seed < 2**32

@@ -2,7 +2,7 @@
 load returns, the one fixed partition into train, validation and test, and the config's classes
 and shape checked against (or taken from) the data. No TensorFlow here."""
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -50,8 +50,8 @@ class Read:
     source: str
     paths: tuple = ()  # the files or folders read: what the digest covers
     class_names: Optional[list] = None
-    input_shape: Optional[tuple] = None
-    features: Optional[list] = field(default=None)
+    input_shape: Optional[tuple] = None  # tables: known once partitioned (the training rows' vocabularies)
+    features: Optional[list] = None  # tables: the columns, in the order they are encoded
 
 
 def need_path(cfg, what):
