@@ -212,7 +212,7 @@ def compose_error(error):
 def _one_line_compose_errors():
     """Hydra reports what fails while composing (an unknown option, a key typo) as a search-path dump
     with exit status 1, from inside its own main; this wraps the one function it reports through
-    (hydra._internal.utils.run_and_report, pinned by hydra-core<1.4 and tests/test_cli_errors.py)
+    (hydra._internal.utils.run_and_report, pinned by hydra-core<1.4 and tests/test_main.py)
     so they read as the runner's config errors: one line, exit status 2."""
     from hydra._internal import utils
 

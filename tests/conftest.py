@@ -1,4 +1,12 @@
-"""Shared fixtures: the real configs composed in-process, a temporary MLflow store, real MNIST when present."""
+"""Shared fixtures: the real configs composed in-process, a temporary MLflow store, real MNIST when present.
+
+Where a test lives: `tests/test_<name>.py` tests `runner/<name>.py`, or the package `runner/<name>/` as a
+whole; a module inside a package is `tests/test_<package>_<module>.py` (runner/data/folders.py is
+tests/test_data_folders.py). A test goes where the code that keeps its promise lives: a refusal beside the
+module that raises its message. What crosses stages is named after the promise it checks (test_failures,
+test_resume, test_mnist, test_readme, test_bench) or the engine it runs on (test_slurm, test_ray,
+test_server, test_multi_worker, test_serve, test_browser).
+"""
 
 from pathlib import Path
 
@@ -128,6 +136,18 @@ def family(where, experiment="runner"):
     parents = [r for r in found if "runner.sweep_id" in r.data.tags and "mlflow.parentRunId" not in r.data.tags]
     return client, {p.info.run_id: [r for r in found if r.data.tags.get("mlflow.parentRunId") == p.info.run_id]
                     for p in parents}, {r.info.run_id: r for r in found}
+
+
+def per_epoch(client, found, key):
+    """A run's metric `key` in epoch order: one value per epoch."""
+    return [m.value for m in sorted(client.get_metric_history(found.info.run_id, key), key=lambda m: m.step)]
+
+
+# ---- what several files train with ----------------------------------------------------------------
+
+QUICK = ["dataset.limit=300", "loop.verbose=0", "mlflow.log_model=false"]  # a short run on the bundled digits
+REGULARISED = ["+model.layers.3.kernel_regularizer={class_name: L2, l2: 0.001}", "+model.layers.3.kernel_initializer=he_normal",
+               "+model.layers.3.kernel_constraint={class_name: MaxNorm, max_value: 3.0}", "+optimizer.clipnorm=1.0"]
 
 
 # ---- servers the tests start on 127.0.0.1 ---------------------------------------------------------

@@ -103,18 +103,6 @@ def test_validation_does_not_import_tensorflow():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_shipped_keras_index_is_what_the_installed_keras_says():
-    import json
-    from importlib.metadata import version
-
-    from runner import keras_api
-
-    shipped = json.loads(keras_api.SHIPPED.read_text())
-    if shipped["keras"] != version("keras"):
-        pytest.skip(f"keras_api.json is for Keras {shipped['keras']}; this Keras gets its own cached index")
-    assert json.loads(json.dumps(keras_api.generate())) == shipped  # else: python -m runner.keras_api
-
-
 def test_the_fingerprint_follows_the_data_content_not_its_name(make_cfg, tmp_path):
     import numpy as np
 
@@ -128,3 +116,25 @@ def test_the_fingerprint_follows_the_data_content_not_its_name(make_cfg, tmp_pat
                                               "dataset.input_shape=[1]", "loop.verbose=0", "mlflow.log_model=false")) == before
     np.savez(path, x=np.ones(3))
     assert config_module.fingerprint(cfg) != before
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["loop=custom", "loop.step=my_steps.make_train_step"],
+     r"loop.step: 'my_steps.make_train_step' runs your code from module 'my_steps', so the loop must allow it by "
+     r"name: loop.step_modules=\[my_steps\]"),
+    (["loop.step=my_steps.make_train_step", "loop.step_modules=[my_steps]"],
+     r"loop.step: sets the training step of loop=custom; add `loop=custom`"),
+    (["loop=custom", "loop.step=nowhere_steps.make", "loop.step_modules=[nowhere_steps]"],
+     r"loop.step: no module 'nowhere_steps' on the Python path"),
+    (["loop.accumulate_steps=0"], r"loop.accumulate_steps: must be a positive integer, got 0"),
+    (["loop.accumulate_steps=2", "+optimizer.gradient_accumulation_steps=4"],
+     r"loop.accumulate_steps: 2, and optimizer.gradient_accumulation_steps: 4 accumulates too \(loop=fit would drop"),
+])
+def test_step_misuse_is_refused_before_tensorflow(make_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config.validate(make_cfg(*overrides))
+
+
+def test_the_optimizers_own_accumulation_alone_is_keras_own(make_cfg):
+    config.validate(make_cfg("+optimizer.gradient_accumulation_steps=4"))
+    config.validate(make_cfg("loop.accumulate_steps=2", "+optimizer.gradient_accumulation_steps=0"))  # Keras: off

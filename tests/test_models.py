@@ -10,6 +10,8 @@ from runner import config, models
 from runner.errors import ConfigError
 from runner.graph import Graph
 
+from conftest import QUICK, REGULARISED
+
 MODELS = ["seed_cnn", "seed_cifar_cnn", "mlp", "resnet_small"]
 
 
@@ -181,3 +183,15 @@ def test_a_saved_model_naming_a_module_the_run_does_not_allow_is_refused(tmp_pat
         assert keras.saving.load_model(tmp_path / "m.keras").count_params() == 34
     finally:
         checkpoints.allowed_modules.reset(token)
+
+
+def test_regularised_layers_are_built_with_the_keras_objects(make_cfg):
+    import keras
+
+    from runner.train import prepare
+
+    cfg = make_cfg(*REGULARISED, "loop.epochs=1", *QUICK)
+    dense = prepare(cfg, config.validate(cfg)).model.layers[-2]
+    assert isinstance(dense.kernel_regularizer, keras.regularizers.L2) and dense.kernel_regularizer.l2 == pytest.approx(1e-3)
+    assert isinstance(dense.kernel_initializer, keras.initializers.HeNormal)
+    assert isinstance(dense.kernel_constraint, keras.constraints.MaxNorm)
