@@ -44,8 +44,12 @@ def encode_overrides(overrides):
 
 
 def decode_overrides(value):
-    """The list `encode_overrides` wrote ([] for an empty or missing tag)."""
-    return shlex.split(value or "")
+    """The list `encode_overrides` wrote ([] for an empty or missing tag). A tag written before the
+    codec (overrides joined by spaces) may hold an unbalanced quote (`note=it's`): split on spaces."""
+    try:
+        return shlex.split(value or "")
+    except ValueError:
+        return (value or "").split()
 
 
 def override_key(override):
