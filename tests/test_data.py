@@ -224,9 +224,9 @@ def test_cli_wrong_data_exits_2_with_one_line(tmp_path, case):
 
 
 def cli(args, cwd, status=2):
-    env = {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, "PYTHONPATH": os.getcwd()}
-    proc = subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120)
+    import conftest
+
+    proc = conftest.cli(*args, cwd=cwd, timeout=120)  # the developer's MLFLOW_TRACKING_URI dropped
     assert proc.returncode == status, proc.stderr
     return proc.stderr.strip()
 
@@ -299,9 +299,10 @@ def test_cli_trains_an_npz_given_only_its_path(tmp_path):
     arrays["x_train"] = np.kron(arrays["x_train"], np.ones((1, 2, 2), np.uint8))  # 8x8: room for seed_cnn's convolutions
     arrays["x_test"] = np.kron(arrays["x_test"], np.ones((1, 2, 2), np.uint8))
     write(tmp_path / "d.npz", **arrays)
-    out = subprocess.run([sys.executable, "-m", "runner", "dataset=npz", "dataset.path=d.npz", "loop.epochs=1",
-                          "loop.verbose=0", "mlflow.log_model=false"], cwd=tmp_path, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=300)
+    import conftest
+
+    out = conftest.cli("dataset=npz", "dataset.path=d.npz", "loop.epochs=1", "loop.verbose=0", "mlflow.log_model=false",
+                       cwd=tmp_path, timeout=300)  # its run goes to tmp_path/mlflow.db, not the developer's store
     assert out.returncode == 0, out.stderr
     assert "(seed_cnn-functional-npz-adam-fit)" in out.stdout
 
