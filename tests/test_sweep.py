@@ -147,11 +147,8 @@ def test_the_readme_offline_sweep_with_a_relative_path_finishes_every_row(tmp_pa
 
 @pytest.mark.slow
 def test_two_sweeps_started_together_keep_their_own_jobs(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     pinned = ["hydra.sweep.dir=pinned"]  # the same directory and second: only the sweep id tells them apart
-    procs = [subprocess.Popen([sys.executable, "-m", "runner", "-m", *pinned, f"seed={s}", "optimizer=adam,sgd", *QUICK],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for s in (1, 2)]
+    procs = [cli("-m", *pinned, f"seed={s}", "optimizer=adam,sgd", *QUICK, cwd=tmp_path, background=True) for s in (1, 2)]
     for proc in procs:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
