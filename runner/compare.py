@@ -62,7 +62,7 @@ def _client(uri):
 def _get(client, run_id):
     run = record.find_run(run_id, client)
     if run is None:
-        raise ConfigError(f"no run {run_id!r} in {client.tracking_uri}: pass --tracking-uri, or run where mlflow.db is.")
+        raise ConfigError(f"no run {run_id!r} in {record.redact_uri(client.tracking_uri)}: pass --tracking-uri, or run where mlflow.db is.")
     return run
 
 
