@@ -14,6 +14,16 @@ import pytest
 from hydra import compose, initialize_config_module
 
 MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.npz"
+# The files that start an engine (a cluster, a server, a browser) and the bench's timings: under
+# `pytest -n 2` (pytest-xdist, --dist loadgroup) they run one after another on one worker, so two of
+# them never compete for the machine's two cores while the other worker runs everything else.
+ALONE = ("test_slurm", "test_ray", "test_server", "test_multi_worker", "test_serve", "test_browser", "test_bench")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__ in ALONE:
+            item.add_marker(pytest.mark.xdist_group("alone"))
 
 
 @pytest.fixture

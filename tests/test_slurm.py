@@ -53,9 +53,9 @@ def submit(cwd, epochs, *overrides):
                *overrides, cwd=cwd, background=True)
 
 
-def assert_killed_then_resumed(cwd, proc, epochs, endings, timeout):
+def assert_killed_then_resumed(cwd, proc, epochs, endings, timeout, resume=True):
     """The one-job sweep ends (exit 1) with its run KILLED by one of `endings`, epochs logged and a
-    checkpoint kept; `runner resume=<id>` then finishes it with one point per epoch."""
+    checkpoint kept; `runner resume=<id>` then finishes it with one point per epoch (`resume`)."""
     out, err = proc.communicate(timeout=timeout)  # the sweep goes on and ends: it does not wait forever
     assert proc.returncode == 1, err[-3000:]
     assert "0 of 1 jobs FINISHED, 1 not" in out
@@ -64,7 +64,8 @@ def assert_killed_then_resumed(cwd, proc, epochs, endings, timeout):
     assert child.data.tags["error"] in endings
     assert 1 <= len(client.get_metric_history(child.info.run_id, "loss")) < epochs
     assert list(Path(cwd).glob("multirun/*/*/0/run-*/checkpoints/epoch-*/model.weights.h5"))
-
+    if not resume:
+        return
     resumed = cli(f"resume={child.info.run_id}", cwd=cwd)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run = client.get_run(child.info.run_id)
@@ -105,7 +106,7 @@ def test_one_slurm_job_of_two_tasks_is_one_multi_worker_training(tmp_path, slurm
         assert f"/job:worker/task:{task}/device:CPU:0" in log  # no phantom GPU
 
 
-def test_a_job_past_its_time_limit_ends_killed_with_its_checkpoint_and_resumes(tmp_path, slurm):
+def test_a_job_past_its_time_limit_ends_killed_with_its_checkpoint(tmp_path, slurm):
     # submitit asks SLURM for SIGUSR2 signal_delay_s before the limit, and the runner ends the run as
     # after scancel; SIGTERM at the limit, if it comes first, is the same ending. SLURM may send the
     # signal up to 60 s early (sbatch(1), --signal): with a 1-minute limit it came 7 s after the start,
@@ -115,4 +116,6 @@ def test_a_job_past_its_time_limit_ends_killed_with_its_checkpoint_and_resumes(t
     epochs = 1000
     proc = submit(tmp_path, epochs, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30")
     endings = ["Terminated: the SLURM job got SIGUSR2 (its time limit is near)", "Terminated: terminated by SIGTERM"]
-    assert_killed_then_resumed(tmp_path, proc, epochs, endings, timeout=300)
+    # Not resumed here: a KILLED run with its checkpoint resumes the same way whatever killed it (the
+    # scancel test above resumes one), and the ~900 epochs left took 5 to 10 minutes of CI.
+    assert_killed_then_resumed(tmp_path, proc, epochs, endings, timeout=300, resume=False)
