@@ -268,3 +268,17 @@ def test_resume_refuses_a_run_whose_owner_is_alive(store, tmp_path):
     live = MlflowClient().create_run(experiment, tags={**record.owner(), Tag.OUTPUT_DIR: str(tmp_path)})
     with pytest.raises(ConfigError, match=r"is still RUNNING in process \d+ on .*two processes must not write one run"):
         record.resumable_run(live.info.run_id, [f"resume={live.info.run_id}"])
+
+
+def test_the_unended_marker_is_whole_or_ignored(tmp_path):
+    """The ending a run could not send is written whole (aside, then renamed); a damaged one is ignored,
+    so the next runner closes that run as one whose process died rather than failing to start."""
+    from runner.record import RunDir
+
+    run_dir = RunDir(tmp_path)
+    assert run_dir.unended() is None
+    run_dir.mark_unended("abc", "FAILED", "the store went away")
+    assert run_dir.unended() == {"run_id": "abc", "status": "FAILED", "error": "the store went away"}
+    assert [p.name for p in tmp_path.iterdir()] == [RunDir.UNENDED]  # nothing left aside
+    (tmp_path / RunDir.UNENDED).write_text('{"run_id": "abc", "sta')  # cut short
+    assert run_dir.unended() is None

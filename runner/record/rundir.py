@@ -6,6 +6,7 @@ never share a file. No MLflow here: the directory outlives a store that cannot b
 
 import fcntl
 import json
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -60,12 +61,19 @@ class RunDir:
 
     def mark_unended(self, run_id, status, error):
         """Leave the ending (status, error message) for the next `close_dead_runs` on this machine."""
-        (self.path / self.UNENDED).write_text(json.dumps({"run_id": run_id, "status": status, "error": error}))
+        # Whole or not at all: written aside, then renamed over (a crash mid-write leaves no half file).
+        partial = self.path / f".{self.UNENDED}.{os.getpid()}"
+        partial.write_text(json.dumps({"run_id": run_id, "status": status, "error": error}))
+        os.replace(partial, self.path / self.UNENDED)
 
     def unended(self):
-        """The ending `mark_unended` left, {"status", "error"}, or None."""
-        path = self.path / self.UNENDED
-        return json.loads(path.read_text()) if path.is_file() else None
+        """The ending `mark_unended` left, {"status", "error"}, or None (none, or unreadable: then the
+        run is closed as any run whose process died)."""
+        try:
+            ending = json.loads((self.path / self.UNENDED).read_text())
+        except (OSError, ValueError):
+            return None
+        return ending if isinstance(ending, dict) and {"status", "error"} <= ending.keys() else None
 
     def clear_unended(self):
         (self.path / self.UNENDED).unlink()
