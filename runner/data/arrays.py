@@ -26,16 +26,13 @@ def inspect(cfg):
     """The DataInfo of the arrays (a keras.datasets download: from KERAS_LOADERS, without it)."""
     if cfg.name in KERAS_LOADERS and cfg.path is None:
         return _keras_info(cfg)
-    data = read(cfg)
-    return splits.describe(cfg, data, splits.partition(data, cfg))
+    return splits.inspect(cfg, read(cfg))
 
 
 def load(cfg, info=None):
     """Train, validation and test arrays; `info` the check's DataInfo (else described from this read)."""
     data = read(cfg)
-    rows = splits.partition(data, cfg)
-    info = info or splits.describe(cfg, data, rows)
-    splits.agree(cfg, info, set_missing=False)
+    rows, info = splits.split(cfg, data, info)
     return splits.Splits(*splits.parts(data.x_train, data.y_train, data.x_test, data.y_test, rows), info=info)
 
 

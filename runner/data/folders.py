@@ -14,16 +14,13 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # what tf.io.decode_imag
 
 def inspect(cfg):
     """The DataInfo of the folders: classes from the sub-folders, the shape from the first image's header."""
-    data = read(cfg)
-    return splits.describe(cfg, data, splits.partition(data, cfg))
+    return splits.inspect(cfg, read(cfg))
 
 
 def load(cfg, info=None):
     """Train, validation and test as Files, or decoded once into arrays (dataset.cache=memory or disk)."""
     data = read(cfg)
-    rows = splits.partition(data, cfg)
-    info = info or splits.describe(cfg, data, rows)
-    splits.agree(cfg, info, set_missing=False)
+    rows, info = splits.split(cfg, data, info)
     parts = splits.parts(data.x_train, data.y_train, data.x_test, data.y_test, rows)
     if cfg.cache != "none":
         from runner.data import pipelines  # imports TensorFlow

@@ -100,6 +100,20 @@ def describe(cfg, data, rows):
     )
 
 
+def inspect(cfg, data):
+    """The DataInfo of a read data set: partitioned as every run partitions it, then described."""
+    return describe(cfg, data, partition(data, cfg))
+
+
+def split(cfg, data, info=None):
+    """(rows, info) of a read data set for its load: partition's rows, and the check's DataInfo (or
+    one described from this read), which must agree with the config."""
+    rows = partition(data, cfg)
+    info = info or describe(cfg, data, rows)
+    agree(cfg, info, set_missing=False)
+    return rows, info
+
+
 def parts(x_train, y_train, x_test, y_test, rows):
     """(x, y) of train, validation and test: rows of the training data, and the test data (or the
     training data's held-out rows)."""
