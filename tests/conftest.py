@@ -20,6 +20,7 @@ MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.
 ALONE = ("test_slurm", "test_ray", "test_server", "test_multi_worker", "test_serve", "test_browser", "test_bench")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(items):
     for item in items:
         if item.module.__name__ in ALONE:
