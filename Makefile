@@ -31,8 +31,8 @@ server-postgres: ## the same on PostgreSQL (PG_URI; default .ci/services.sh's), 
 		--backend-store-uri "$${PG_URI:-$$(bash .ci/services.sh start postgres)}" \
 		--artifacts-destination $(or $(ARTIFACTS),$(CURDIR)/mlartifacts-server)
 
-test: ## every test, the slow (real training) ones included, two at a time (pytest-xdist)
-	$(PYTHON) -m pytest -n 2
+test: ## every test, the slow (real training) ones included
+	$(PYTHON) -m pytest
 
 test-fast: ## the fast tests only (under about 3 minutes)
 	$(PYTHON) -m pytest -m "not slow"

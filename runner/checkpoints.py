@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from runner import callbacks
+from runner import callbacks, signals
 from runner.errors import ConfigError
 
 STATE = "state.json"
@@ -41,6 +41,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.saved_best = {}  # name -> the best epoch whose weights are on disk
 
     def on_epoch_end(self, epoch, logs=None):
+        # A SIGTERM or Ctrl-C mid-save raised inside Keras' writer, whose cleanup then failed on its own
+        # (UnboundLocalError 'weights_store'): the run ended FAILED, not KILLED. The signal now waits
+        # for the checkpoint (seconds) and is raised after it.
+        with signals.deferred():
+            self._save(logs)
+
+    def _save(self, logs):
         self.directory.mkdir(parents=True, exist_ok=True)
         self.history.append({k: float(v) for k, v in (logs or {}).items()})
         name = f"epoch-{len(self.history):04d}"

@@ -69,7 +69,7 @@ def test_the_readme_is_a_front_door():
     text = README.read_text()
     assert len(text.splitlines()) <= 200
     ci = (ROOT / ".ci" / "run").read_text()
-    for command in ("pip install '.[test,cluster]'", "bash .ci/services.sh install", "python -m pytest -n 2"):
+    for command in ("pip install '.[test,cluster]'", "bash .ci/services.sh install", "python -m pytest"):
         assert command in ci and command in text, command
     for page in PAGES[1:]:
         assert f"](docs/{page.name})" in text, f"README does not link docs/{page.name}"

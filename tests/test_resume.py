@@ -146,15 +146,16 @@ def test_batch_loss_steps_continue_after_resume(make_cfg, store, tmp_path, monke
 def test_two_runs_started_together_each_own_their_files(tmp_path):
     """Same second, same pinned Hydra directory, a fresh store: no shared file, no schema race."""
     shared = ["hydra.run.dir=pinned", "loop.epochs=2", "loop.verbose=0"]
-    procs = [cli(*shared, "seed=1", cwd=tmp_path, background=True), cli(*shared, "seed=2", "model=mlp", cwd=tmp_path, background=True)]
+    procs = [cli(*shared, "seed=1", cwd=tmp_path, background=True),
+             cli(*shared, "seed=2", "model=mlp", cwd=tmp_path, background=True)]
     for proc in procs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
-    client, found = runs(tmp_path)
-    assert len(found) == 2 and {r.info.status for r in runs} == {"FINISHED"}
-    dirs = {r.data.tags["runner.output_dir"] for r in runs}
+    client, both = runs(tmp_path)
+    assert len(both) == 2 and {r.info.status for r in both} == {"FINISHED"}
+    dirs = {r.data.tags["runner.output_dir"] for r in both}
     assert len(dirs) == 2 and all(Path(d).parent == (tmp_path / "pinned").resolve() for d in dirs)
-    for found in runs:
+    for found in both:
         logged = Path(client.download_artifacts(found.info.run_id, "config.yaml", str(tmp_path / found.info.run_id)))
         seed = 2 if found.data.params["model.layers.0.type"] == "Flatten" else 1  # mlp starts with Flatten
         assert f"seed: {seed}" in logged.read_text()
