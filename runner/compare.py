@@ -14,7 +14,6 @@ import base64
 import html
 import io
 import os
-import shlex
 import sys
 from types import SimpleNamespace
 
@@ -201,7 +200,7 @@ def reproduce(client, run):
     if commit:
         lines.append(f"  git checkout {commit}" + (" && git apply uncommitted.diff   # the run's environment/uncommitted.diff"
                                                   if tags.get(Tag.GIT_DIRTY) == "true" else ""))
-    lines.append("  " + " ".join(["runner", *map(shlex.quote, overrides)]))
+    lines.append("  " + record.encode_overrides(["runner", *overrides]))  # the command a shell reads back
     warnings = []
     if "***" in tags.get(Tag.OVERRIDES, ""):
         warnings.append("a secret value was masked in the record (***): put it back in the command")
