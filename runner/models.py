@@ -11,7 +11,6 @@ import sys
 import keras
 
 from runner import checkpoints, keras_api
-from runner.data.checks import output as check_output  # noqa: F401  (the rule lives with the other model-fits-data rules)
 from runner.errors import ConfigError
 from runner.graph import STYLES, Graph
 

@@ -83,21 +83,6 @@ def test_keras_errors_name_the_layer():
         models.build(graph, "functional")
 
 
-def test_output_width_must_match_num_classes():
-    graph = Graph.parse([{"type": "Flatten"}, {"type": "EinsumDense", "equation": "ab,bc->ac", "output_shape": 10}],
-                        input_shape=[8, 8, 1])
-    model = models.build(graph, "functional")
-    with pytest.raises(ConfigError, match=r"model.layers\[1\] \(EinsumDense 'einsum_dense'\): .* dataset.num_classes is 100"):
-        models.check_output(model, graph, 100)
-
-
-def test_forgotten_flatten_is_explained():
-    graph = Graph.parse([{"type": "Dense", "units": 10}], input_shape=[8, 8, 1])
-    model = models.build(graph, "functional")
-    with pytest.raises(ConfigError, match="Add a Flatten or GlobalAveragePooling layer"):
-        models.check_output(model, graph, 10)
-
-
 def test_subclass_model_saves_and_loads(tmp_path, make_cfg):
     graph = config.validate(make_cfg("model=resnet_small"))
     model = models.build(graph, "subclass")
