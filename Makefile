@@ -3,7 +3,7 @@ PYTHON ?= python
 PORT ?= 5000
 SERVER_PORT ?= 5001
 
-.PHONY: help install run sweep ui server server-postgres test test-fast bench bench-quick
+.PHONY: help install run sweep ui server server-postgres test tutorial test-fast bench bench-quick
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ server-postgres: ## the same on PostgreSQL (PG_URI; default .ci/services.sh's), 
 
 test: ## every test, the slow (real training) ones included
 	$(PYTHON) -m pytest
+
+tutorial: ## the tutorial's result reproduced: experiment=seed_mnist, 5 epochs of real MNIST (7 to 15 minutes)
+	$(PYTHON) -m pytest -m tutorial tests/test_mnist.py
 
 test-fast: ## the fast tests only (under about 3 minutes)
 	$(PYTHON) -m pytest -m "not slow"

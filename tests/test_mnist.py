@@ -8,6 +8,7 @@ from conftest import only_run
 
 
 @pytest.mark.slow
+@pytest.mark.tutorial  # not in `python -m pytest` (CI): 5 epochs of 60,000 images; the fast preset below is
 def test_seed_mnist_reaches_the_tutorial_accuracy(make_cfg, store, tmp_path, mnist_path):
     cfg = make_cfg("experiment=seed_mnist", f"dataset.path={mnist_path}", f"mlflow.tracking_uri={store}")
     results = run(cfg, cwd=tmp_path)

@@ -11,6 +11,7 @@ shows it (README first, then docs/ by name).
 
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -95,15 +96,15 @@ def _anchors(page):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [pytest.param(c, id=f"{page}:{c}") for page, c in SHOWN])
-def test_readme_command_runs(command, tmp_path):
+def test_readme_command_runs(command, tmp_path, two_runs):
     reason = next((why for key, why in SKIP.items() if key in command), None)
     if reason:
         pytest.skip(reason)
     words = shlex.split(re.sub(r"<[^>]*>", "<id>", command))  # `<run id>`: one placeholder word
     env = dict(w.split("=", 1) for w in words if re.match(r"^[A-Z_]+=", w))
     words = [w for w in words[len(env) + 1:] if w not in ("...", "[...]")]
-    if "<id>" in words:  # run ids: two real runs made here first
-        ids = _two_runs(tmp_path)
+    if "<id>" in words:  # run ids: two real runs, made once for every command that takes ids
+        ids = two_runs(tmp_path)
         words = [ids.pop(0) if w == "<id>" else w for w in words]
         extra = []
     else:
@@ -122,11 +123,22 @@ def test_readme_command_runs(command, tmp_path):
         assert "MLflow run " in done.stdout or "jobs FINISHED" in done.stdout
 
 
-def _two_runs(cwd):
-    """The ids of two real runs in the store of `cwd` (what `runner compare` and `reproduce` take)."""
-    for lr in ("0.001", "0.01"):
-        assert cli("loop.epochs=1", "loop.verbose=0", f"optimizer.learning_rate={lr}", cwd=cwd).returncode == 0
-    return [r.info.run_id for r in runs(cwd)[1]]
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """cwd -> the ids of two real runs, in a copy of their folder (./mlflow.db) put in `cwd`: what
+    `runner compare` and `reproduce` take. The runs are made once (their artifacts stay where they are)."""
+    made = {}
+
+    def into(cwd):
+        if not made:
+            where = made["at"] = tmp_path_factory.mktemp("two_runs")
+            for lr in ("0.001", "0.01"):
+                done = cli("loop.epochs=1", "loop.verbose=0", f"optimizer.learning_rate={lr}", cwd=where)
+                assert done.returncode == 0, done.stderr[-3000:]
+        shutil.copytree(made["at"], cwd, dirs_exist_ok=True)
+        return [r.info.run_id for r in runs(cwd)[1]]
+
+    return into
 
 
 def _mnist():
