@@ -18,7 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from runner import callbacks, class_weights, keras_api, schedules
-from runner.sweep import prune
+from runner.sweep import objective, prune
 from runner import data
 from runner.data import augment, checks, digest
 from runner.errors import ConfigError
@@ -105,6 +105,10 @@ class MlflowConfig:
 
 @dataclass
 class SweepConfig:
+    # What "better" means (runner/sweep/objective.py): a metric every run logs and its direction, never a
+    # test metric: val_accuracy (max), val_loss (min), params (min), or {val_accuracy: max, params: min}
+    objective: Any = "val_accuracy"
+    seeds: int = 1  # runs per point, seeds seed, seed+1, ...: the leaderboard ranks points by their mean
     preflight: bool = True  # validate every point and build its model before the first job trains
     skip_finished: bool = False  # skip points whose identical config already has a FINISHED run
     # One id per sweep, the same in every job (Hydra copies the resolver cache into each job's
@@ -112,7 +116,7 @@ class SweepConfig:
     id: str = "${runner_uid:}"
     # Stop a job whose validation metric is worse than its siblings' at the same epoch (runner/sweep/prune.py):
     prune: Optional[str] = None  # null | median | successive_halving
-    prune_monitor: str = "val_loss"  # an epoch metric; a loss is minimised, an accuracy maximised
+    prune_monitor: Optional[str] = None  # an epoch metric (a loss is minimised); null: the objective, else val_loss
     prune_warmup: int = 2  # epochs every job trains before the first decision (at the end of this epoch)
     prune_min_siblings: int = 2  # siblings that must have reached the epoch before any job is stopped there
     prune_eta: int = 3  # successive_halving: rungs at warmup * eta^k epochs keep the top 1/eta
@@ -141,6 +145,7 @@ def load(path, **values):
 
 ConfigStore.instance().store(name="schema", node=Config)
 OmegaConf.register_new_resolver("runner_uid", lambda: uuid.uuid4().hex[:12], use_cache=True, replace=True)
+OmegaConf.register_new_resolver("runner_directions", objective.optuna_directions, replace=True)  # tune.yaml
 
 
 def validate(cfg: DictConfig) -> Graph:
@@ -174,6 +179,7 @@ def validate(cfg: DictConfig) -> Graph:
     class_args("optimizers", "optimizer", cfg.optimizer)
     callbacks.validate(cfg.callbacks, schedules.validate(cfg.optimizer))
     class_weights.validate(cfg.dataset)
+    objective.validate(cfg)
     prune.validate(cfg)
     step_check(cfg.loop, cfg.optimizer)
     class_args("losses", "model.loss", cfg.model.loss)
@@ -225,10 +231,13 @@ def _one_of(key, value, choices, group):
         raise ConfigError(f"{key}: unknown value {value!r}; choose one of {list(choices)} ({group}=...).{hint}")
 
 
-def fingerprint(cfg, info=None):
+def fingerprint(cfg, info=None, point=False):
     """A hash of what determines a run's result: the resolved config (less where it is logged and
     how it prints), the data's content (`info.digest`, the digest its check read; without `info`, the
     digest of dataset.path and test_path), the runner's version and the code of its custom layers."""
+    if point:  # the sweep point: the same for all its seeds (and what follows the seed, ${seed})
+        cfg = cfg.copy()
+        cfg.seed = 0
     plain = OmegaConf.to_container(cfg, resolve=True)
     for key in ("mlflow", "sweep", "resume", "tags", "note"):
         plain.pop(key, None)

@@ -122,6 +122,7 @@ from runner import config  # noqa: F401,E402  (registers the schema with Hydra's
 from runner.errors import ConfigError, TrainingDiverged  # noqa: E402
 from runner.keras_api import did_you_mean  # noqa: E402
 from runner import signals  # noqa: E402
+from runner.sweep import objective  # noqa: E402
 from runner.record.redaction import install_log_redaction, redact_text  # noqa: E402
 from runner.train import Job, run  # noqa: E402
 
@@ -158,31 +159,57 @@ def hydra_main(cfg):
     )
     if multirun:
         _progress(hc.job.num, " ".join(job.overrides))
-    try:
-        results = run(cfg, job)
-    except Exception as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        # One line, not a traceback (an unexpected error's is in the run's error/traceback.txt); a
-        # sweep goes on with its other jobs (this one's run is FAILED).
-        kind = next((k for k in EXIT_STATUS if isinstance(error, k)), None)
-        message = redact_text(str(error))  # an error may quote a tracking URI with its password
-        print(f"runner: {LABEL[kind]}: {message}" if kind else
-              f"runner: {type(error).__name__}: {message} (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
-        if multirun:
-            return None
+    elif cfg.sweep.seeds > 1:
+        _failed(ConfigError("sweep.seeds: runs each point of a sweep with that many seeds; add -m (runner -m ...)."), False)
+    found = []
+    for seed in objective.seeds(cfg):  # one run per seed of this point (sweep.seeds), one after another
+        one = cfg if cfg.sweep.seeds == 1 else _with_seed(cfg, seed)
+        try:
+            found.append(run(one, job))
+        except Exception as error:
+            _failed(error, multirun)  # a sweep job goes on with its other seeds; its run is FAILED
+        except KeyboardInterrupt as error:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"runner: interrupted: {error}", file=sys.stderr)
+            if multirun and os.environ.get("SUBMITIT_EXECUTOR"):
+                # A SLURM job cancelled or out of time: its run is KILLED; returning lets submitit record
+                # the job as ended, so the sweep goes on with its other jobs (an exit leaves no result,
+                # and the launcher waits for one).
+                return None
+            sys.exit(143 if isinstance(error, signals.Terminated) else 130)
+    return _objective_value(cfg, found)
+
+
+def _with_seed(cfg, seed):
+    cfg = cfg.copy()
+    cfg.seed = seed
+    return cfg
+
+
+def _failed(error, multirun):
+    """One line, not a traceback (an unexpected error's is in the run's error/traceback.txt); outside
+    a sweep, the exit status of its kind."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    kind = next((k for k in EXIT_STATUS if isinstance(error, k)), None)
+    message = redact_text(str(error))  # an error may quote a tracking URI with its password
+    print(f"runner: {LABEL[kind]}: {message}" if kind else
+          f"runner: {type(error).__name__}: {message} (HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+    if not multirun:
         sys.exit(EXIT_STATUS.get(kind, 1))
-    except KeyboardInterrupt as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"runner: interrupted: {error}", file=sys.stderr)
-        if multirun and os.environ.get("SUBMITIT_EXECUTOR"):
-            # A SLURM job cancelled or out of time: its run is KILLED; returning lets submitit record
-            # the job as ended, so the sweep goes on with its other jobs (an exit leaves no result,
-            # and the launcher waits for one).
-            return None
-        sys.exit(143 if isinstance(error, signals.Terminated) else 130)
-    return results.get("val_accuracy", results["test_accuracy"])  # the objective a sweeper maximises
+
+
+def _objective_value(cfg, found):
+    """What the job returns to the sweeper: sweep.objective's mean over the point's seeds that ended
+    (a list of two for two objectives); None when none did."""
+    means = []
+    for name, _ in objective.objectives(cfg.sweep.objective):
+        values = [v for v in (objective.value(results, name) for results in found) if v is not None]
+        means.append(sum(values) / len(values) if values else None)
+    if None in means:
+        return None
+    return means[0] if len(means) == 1 else means
 
 
 def compose_error(error):

@@ -67,7 +67,8 @@ def run(cfg, job=None, **fields):
         elapsed = time.perf_counter() - started
     _summary(active, results, work.model.count_params(), elapsed, record.ui_link(active))
     last_epoch = work.history[-1] if work.history else {}
-    return {**{k: v for k, v in last_epoch.items() if k.startswith("val_")}, **results}
+    return {**{k: v for k, v in last_epoch.items() if k.startswith("val_")}, **results,
+            "num_params": work.model.count_params()}
 
 
 @dataclass
@@ -102,7 +103,11 @@ def plan_record(cfg, graph, info, job):
             print(f"runner: skipped, the identical config already FINISHED as run {done.info.run_id}", flush=True)
             return Plan(cfg, graph, info, skipped={k: v for k, v in done.data.metrics.items() if k.startswith(("test_", "val_"))})
     parent = record.sweep_parent(experiment_id, cfg.sweep.id) if job.multirun else None
-    return Plan(cfg, graph, info, experiment_id, *record.identity(job.choices, job.overrides, fingerprint, parent))
+    run_name, tags = record.identity(job.choices, job.overrides, fingerprint, parent)
+    tags[record.Tag.POINT] = config.fingerprint(cfg, info, point=True)  # the same for every seed of a point
+    if job.multirun and cfg.sweep.seeds > 1:
+        run_name = f"{run_name or 'job'} seed={cfg.seed}"
+    return Plan(cfg, graph, info, experiment_id, run_name, tags)
 
 
 def checked(cfg, cwd, failed_run=None):
@@ -152,7 +157,8 @@ def report(work, results, run_dir, cfg, resumed, choices=None):
     from runner.record import tracking
 
     tracking.log_test_weights(work.test_weights)
-    tracking.log_final(results, step=cfg.loop.epochs, resumed=resumed)
+    # at the last epoch trained: early stopping or pruning may end a run before loop.epochs
+    tracking.log_final(results, step=len(work.history) or cfg.loop.epochs, resumed=resumed)
     tracking.log_record(work, results, cfg, choices or {})
     tracking.log_checkpoint(run_dir.checkpoints)
 

@@ -148,27 +148,130 @@ def draw_graph(model, folder):
                            show_layer_names=True, dpi=72)
 
 
-def sweep_curves(histories):
-    """{label: [val_accuracy per epoch]} of a sweep's jobs, overlaid in one figure."""
+def sweep_curves(histories, metric):
+    """{label: [[metric per epoch] of each seed]}: one line per point, the mean over its seeds, with a
+    band of ± one standard deviation where it has several."""
     fig = Figure(figsize=(7, 4), dpi=DPI, layout="constrained")
     ax = fig.subplots()
-    for label, values in histories.items():
-        if values:
-            ax.plot(np.arange(1, len(values) + 1), values, "-o", markersize=3, label=label[:60] or "(no overrides)")
-    ax.set(xlabel="epoch", ylabel="val_accuracy", title="validation accuracy of every job")
+    for label, runs in histories.items():
+        length = min((len(r) for r in runs if r), default=0)
+        if not length:
+            continue
+        values = np.array([r[:length] for r in runs if r])
+        epochs, mean = np.arange(1, length + 1), values.mean(axis=0)
+        (line,) = ax.plot(epochs, mean, "-o", markersize=3, label=f"{label[:60] or '(no overrides)'} (n={len(values)})")
+        if len(values) > 1:
+            std = values.std(axis=0, ddof=1)
+            ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} of every point: mean over its seeds ± 1 std")
     ax.grid(alpha=0.3)
     if histories:
         ax.legend(fontsize=7)
     return fig
 
 
-def log_sweep(client, parent_id, rows, columns):
-    """On a sweep's parent run: every job's validation accuracy overlaid, and the leaderboard as an
-    MLflow table (the UI shows it in the run's artifacts)."""
-    histories = {}
-    for row in rows:
-        if row.get("run_id"):
-            points = sorted((m.step, m.value) for m in client.get_metric_history(row["run_id"], "val_accuracy"))
-            histories[row["overrides"]] = [v for _, v in points]
-    client.log_figure(parent_id, sweep_curves(histories), "figures/val_accuracy.png")
+def sweep_points(rows, metric):
+    """Each point's objective: its seeds as dots, their mean ± 1 std as a bar, best first from the top."""
+    fig = Figure(figsize=(7, 1.2 + 0.35 * len(rows)), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    for y, row in enumerate(rows):
+        samples = row.get("samples") or []
+        ax.plot(samples, [y] * len(samples), "o", color="0.6", markersize=4)
+        if row.get(metric) is not None:
+            ax.errorbar(row[metric], y, xerr=row.get(f"{metric}_std") or 0, fmt="D", color="C0", capsize=4)
+    ax.set_yticks(range(len(rows)), [(r["overrides"] or "(no overrides)")[:50] for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel=metric, title=f"{metric} per point: seeds (dots), mean ± 1 std")
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def parallel_coordinates(rows, keys, metric):
+    """One line per job across the varied keys (each on its own axis: numbers in order, on a log scale
+    when they span more than a decade, other values evenly spaced) to the objective, coloured by it."""
+    axes = [*keys, metric]
+    columns = []
+    for key in keys:
+        raw = [found.get(key) for found, _ in rows]
+        columns.append(_positions(raw))
+    values = [v for _, v in rows]
+    columns.append(_positions(values))
+    fig = Figure(figsize=(max(5, 1.6 * len(axes)), 4), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    low, high = min(values), max(values)
+    cmap = matplotlib_colormap()
+    for j, value in enumerate(values):
+        shade = (value - low) / (high - low) if high > low else 0.5
+        ax.plot(range(len(axes)), [column[0][j] for column in columns], "-o", color=cmap(shade), alpha=0.7,
+                markersize=3)
+    for x, (positions, labels) in enumerate(columns):
+        ax.axvline(x, color="0.7", linewidth=0.8)
+        for y, label in labels:
+            ax.text(x + 0.03, y, label, fontsize=6, va="center")
+    ax.set_xticks(range(len(axes)), [a[-30:] for a in axes], fontsize=7)
+    ax.set_yticks([])
+    ax.set(title=f"every job: the varied keys against {metric}")
+    return fig
+
+
+def matplotlib_colormap():
+    import matplotlib
+
+    return matplotlib.colormaps["viridis"]
+
+
+def _positions(raw):
+    """(a position in [0, 1] per value, [(position, label)] to show) of one axis."""
+    numbers = []
+    for value in raw:
+        try:
+            numbers.append(float(value))
+        except (TypeError, ValueError):
+            numbers = None
+            break
+    if numbers is not None:
+        scale = np.log10 if min(numbers) > 0 and max(numbers) > 10 * min(numbers) else (lambda v: v)
+        scaled = [float(scale(v)) for v in numbers]
+        low, high = min(scaled), max(scaled)
+        spot = [(v - low) / (high - low) if high > low else 0.5 for v in scaled]
+        shown = {n: p for n, p in zip(numbers, spot)}
+        return spot, [(p, f"{n:.4g}") for n, p in sorted(shown.items())]
+    levels = sorted({str(v) for v in raw})
+    spot = {v: (i / (len(levels) - 1) if len(levels) > 1 else 0.5) for i, v in enumerate(levels)}
+    return [spot[str(v)] for v in raw], [(spot[v], v[:20]) for v in levels]
+
+
+def pareto(rows, names):
+    """Two objectives: every point, the Pareto front joined and marked."""
+    fig = Figure(figsize=(6, 4), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    done = [r for r in rows if r.get(names[0]) is not None and r.get(names[1]) is not None]
+    ax.plot([r[names[0]] for r in done], [r[names[1]] for r in done], "o", color="0.6", label="points")
+    front = sorted((r for r in done if r.get("front") == "yes"), key=lambda r: r[names[0]])
+    ax.plot([r[names[0]] for r in front], [r[names[1]] for r in front], "-D", color="C3", label="Pareto front")
+    for r in front:
+        ax.annotate((r["overrides"] or "(no overrides)")[:30], (r[names[0]], r[names[1]]), fontsize=6)
+    ax.set(xlabel=names[0], ylabel=names[1], title="the Pareto front of the two objectives")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def log_sweep(client, parent_id, rows, columns, names, jobs_table=None, keys=()):
+    """On a sweep's parent run: each point's objective with its spread, its mean curve over the seeds
+    (an epoch metric), the Pareto front of two objectives, the varied keys against the objective
+    (`jobs_table`: [(settings, value)] of the jobs), and the leaderboard as an MLflow table."""
+    metric = names[0]
+    if len(names) == 2:
+        client.log_figure(parent_id, pareto(rows, names), "figures/pareto.png")
+    if jobs_table and keys:
+        client.log_figure(parent_id, parallel_coordinates(jobs_table, keys, metric), "figures/parallel_coordinates.png")
+    client.log_figure(parent_id, sweep_points(rows, metric), f"figures/{metric}_per_point.png")
+    if metric.startswith(("val_", "loss", "accuracy")):
+        histories = {}
+        for row in rows:
+            histories[row["overrides"]] = [
+                [v for _, v in sorted((m.step, m.value) for m in client.get_metric_history(job["run_id"], metric))]
+                for job in row["jobs"] if job.get("run_id")]
+        client.log_figure(parent_id, sweep_curves(histories, metric), f"figures/{metric}.png")
     client.log_table(parent_id, {c: [row.get(c) for row in rows] for c in columns}, "leaderboard.json")

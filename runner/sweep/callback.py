@@ -20,7 +20,8 @@ from runner import record
 from runner.config import fingerprint
 from runner.errors import ConfigError
 from runner.record.redaction import redact_override
-from runner.sweep.leaderboard import ENDED_WELL, PRUNED, end_parent, leaderboard, sweep_rows, to_csv, to_html
+from runner.sweep import importance, objective
+from runner.sweep.leaderboard import ENDED_WELL, PRUNED, end_parent, job_rows, leaderboard, point_rows, to_csv, to_html
 
 
 def varying(overrides):
@@ -40,7 +41,7 @@ def points(overrides):
 class SweepCallback(Callback):
     def __init__(self):
         self.parent = None
-        self.hashes = None  # grid point (a tuple of overrides) -> the fingerprint of the config its job runs
+        self.expected = None  # grid point (a tuple of overrides) -> (its point's fingerprint, one per seed)
         self.skip_finished = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs):
@@ -54,7 +55,7 @@ class SweepCallback(Callback):
             for job in points(overrides):
                 cfgs[tuple(job)] = hydra.compose(config_name=config.hydra.job.config_name, overrides=job)
             good = preflight(cfgs, cwd, build=config.sweep.preflight)
-            self.hashes = {point: fingerprint(good[point][0], good[point][2]) if point in good else None for point in cfgs}
+            self.expected = {point: _fingerprints(*good[point]) if point in good else (None, None) for point in cfgs}
         storage = config.hydra.sweeper.get("storage")
         if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower() and isinstance(storage, str):
             stamp_optuna_storage(storage)
@@ -82,15 +83,23 @@ class SweepCallback(Callback):
         try:
             # jobs that could not end their runs (their store was unreachable then) end now, before the table
             record.close_dead_runs(record.open_store(config.mlflow, config.hydra.runtime.cwd))
-            rows = sweep_rows(self.parent, self.hashes, varying(config.hydra.overrides.task), self.skip_finished)
-            table = leaderboard(rows)
-            failed = sum(r["status"] not in ENDED_WELL for r in rows)
-            pruned = sum(r["status"] == PRUNED for r in rows)
-            summary = (f"{len(rows) - failed} of {len(rows)} jobs FINISHED" + (f" ({pruned} pruned)" if pruned else "")
+            objectives = objective.objectives(config.sweep.objective)
+            names = [name for name, _ in objectives]
+            jobs = job_rows(self.parent, self.expected, varying(config.hydra.overrides.task), self.skip_finished)
+            rows = point_rows(jobs, objectives)
+            table = leaderboard(rows, names)
+            failed = sum(j["status"] not in ENDED_WELL for j in jobs)
+            pruned = sum(j["status"] == PRUNED for j in jobs)
+            summary = (f"{len(jobs) - failed} of {len(jobs)} jobs FINISHED" + (f" ({pruned} pruned)" if pruned else "")
                        + (f", {failed} not" if failed else ""))
-            print(f"\n{table}\n{summary}", flush=True)
-            end_parent(self.parent, rows, {"leaderboard.md": table, "leaderboard.csv": to_csv(rows),
-                                           "leaderboard.html": to_html(rows, summary)}, failed)
+            ranked = " and ".join(f"{name} ({direction})" for name, direction in objectives)
+            shares = importance.importance(jobs, names[0])
+            mattered = f"\n{importance.markdown(shares, names[0])}" if shares else ""
+            print(f"\nranked by {ranked}, the mean over each point's seeds (test metrics: reported, never ranked)"
+                  f"\n{table}\n{summary}{mattered}", flush=True)
+            end_parent(self.parent, rows, jobs, {"leaderboard.md": table, "leaderboard.csv": to_csv(rows, names),
+                                                 "leaderboard.html": to_html(rows, summary, names)}, failed, objectives,
+                       shares)
         except BaseException as error:  # never leave the parent RUNNING
             end_abandoned(self.parent, "FAILED", f"{type(error).__name__}: {error}")
             raise
@@ -103,6 +112,16 @@ class SweepCallback(Callback):
     def _abandoned(self):
         if self.parent is not None:
             end_abandoned(self.parent, "KILLED", "the sweep was interrupted (Ctrl-C or a kill) before its jobs ended")
+
+
+def _fingerprints(cfg, graph, info):
+    """(the point's fingerprint, [the fingerprint of its job of each seed]) of a checked config."""
+    seeded = []
+    for seed in objective.seeds(cfg):
+        one = cfg.copy()
+        one.seed = seed
+        seeded.append(fingerprint(one, info))
+    return fingerprint(cfg, info, point=True), seeded
 
 
 def stamp_optuna_storage(url):

@@ -17,6 +17,7 @@ import statistics
 from runner import record, signals
 from runner.callbacks import EPOCH_METRICS, monitor_mode
 from runner.errors import ConfigError
+from runner.sweep import objective
 
 RULES = ("median", "successive_halving")
 
@@ -28,7 +29,7 @@ def validate(cfg):
         return
     if sweep.prune not in RULES:
         raise ConfigError(f"sweep.prune: unknown rule {sweep.prune!r}; choose one of {list(RULES)}, or null (no pruning).")
-    if sweep.prune_monitor not in EPOCH_METRICS:
+    if objective.prune_monitor(sweep) not in EPOCH_METRICS:
         raise ConfigError(f"sweep.prune_monitor: {sweep.prune_monitor!r} is not a metric this run logs per epoch; "
                           f"choose one of {list(EPOCH_METRICS)} (a validation one compares jobs fairly).")
     for key, least in (("prune_warmup", 1), ("prune_min_siblings", 1), ("prune_eta", 2)):
@@ -120,15 +121,16 @@ def callbacks(sweep, run_id):
 def _pruner(sweep, client, run):
     import keras
 
-    siblings = Siblings(client, run, sweep.prune_monitor)
-    settings = dict(monitor=sweep.prune_monitor, warmup=sweep.prune_warmup, min_siblings=sweep.prune_min_siblings,
+    monitor = objective.prune_monitor(sweep)
+    siblings = Siblings(client, run, monitor)
+    settings = dict(monitor=monitor, warmup=sweep.prune_warmup, min_siblings=sweep.prune_min_siblings,
                     eta=sweep.prune_eta)
 
     class Prune(keras.callbacks.Callback):
         """After the epoch's metrics are in MLflow (it runs after the logger), compare with the siblings."""
 
         def on_epoch_end(self, epoch, logs=None):
-            value = (logs or {}).get(sweep.prune_monitor)
+            value = (logs or {}).get(monitor)
             if value is None:
                 return
             value = float(value)
