@@ -109,6 +109,7 @@ class SweepConfig:
     # test metric: val_accuracy (max), val_loss (min), params (min), or {val_accuracy: max, params: min}
     objective: Any = "val_accuracy"
     seeds: int = 1  # runs per point, seeds seed, seed+1, ...: the leaderboard ranks points by their mean
+    points: Optional[str] = None  # a YAML list of points (override sets): run exactly those, not a grid
     preflight: bool = True  # validate every point and build its model before the first job trains
     skip_finished: bool = False  # skip points whose identical config already has a FINISHED run
     # One id per sweep, the same in every job (Hydra copies the resolver cache into each job's

@@ -175,11 +175,11 @@ def test_an_error_in_the_end_of_sweep_callback_does_not_leave_the_parent_running
     def broken(*args, **kwargs):
         raise RuntimeError("store went away")
 
-    monkeypatch.setattr(sweep_module, "sweep_rows", broken)
+    monkeypatch.setattr(sweep_module, "job_rows", broken)
     with pytest.raises(RuntimeError):
         callback.on_multirun_end(OmegaConf.create({
             "hydra": {"overrides": {"task": ["a=1,2"]}, "runtime": {"cwd": "."}},
-            "mlflow": {"tracking_uri": store, "experiment_name": "runner"},
+            "mlflow": {"tracking_uri": store, "experiment_name": "runner"}, "sweep": {"objective": "val_accuracy"},
         }))
     parent = MlflowClient().get_run(parent_id)
     assert parent.info.status == "FAILED" and "store went away" in parent.data.tags["error"]
@@ -187,15 +187,12 @@ def test_an_error_in_the_end_of_sweep_callback_does_not_leave_the_parent_running
 
 def test_sweep_helpers():
     from runner import record
-    from runner.sweep import callback, leaderboard
+    from runner.sweep import callback, points
 
     overrides = ["model-style=sequential,subclass", "optimizer=adam", "+loop.x=1,2"]
     assert callback.varying(overrides) == ["model-style", "loop.x"]
-    assert [" ".join(p) for p in callback.points(overrides)] == [
+    assert [" ".join(p) for p in points.jobs(overrides)] == [
         "model-style=sequential optimizer=adam +loop.x=1", "model-style=sequential optimizer=adam +loop.x=2",
         "model-style=subclass optimizer=adam +loop.x=1", "model-style=subclass optimizer=adam +loop.x=2"]
     assert record.differing(["model-style=subclass", "optimizer=adam", "+loop.x=2"], ["model-style", "loop.x"]) == \
         "model-style=subclass +loop.x=2"
-    rows = [{"rank": 1, "overrides": "a=1", "status": "FINISHED", "test_accuracy": 0.91234, "wall_s": 3.25}]
-    assert "| 1 | a=1 | FINISHED |  | 0.9123 |  | 3.2 |  |" in leaderboard.leaderboard(rows)
-    assert leaderboard.to_csv(rows).splitlines()[1] == "1,a=1,FINISHED,,0.91234,,3.25,"

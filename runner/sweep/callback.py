@@ -20,7 +20,7 @@ from runner import record
 from runner.config import fingerprint
 from runner.errors import ConfigError
 from runner.record.redaction import redact_override
-from runner.sweep import importance, objective
+from runner.sweep import importance, objective, points
 from runner.sweep.leaderboard import ENDED_WELL, PRUNED, end_parent, job_rows, leaderboard, point_rows, to_csv, to_html
 
 
@@ -30,29 +30,32 @@ def varying(overrides):
     return [o.key_or_group for o in parsed if o.is_sweep_override()]
 
 
-def points(overrides):
-    """Every job's overrides of a grid sweep (`a=1,2 b=x,y` -> 4 lists), as Hydra's basic sweeper expands them."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
 class SweepCallback(Callback):
     def __init__(self):
         self.parent = None
         self.expected = None  # grid point (a tuple of overrides) -> (its point's fingerprint, one per seed)
         self.skip_finished = False
+        self.varying = []  # the keys whose values tell the jobs apart
 
     def on_multirun_start(self, config: DictConfig, **kwargs):
         import hydra
 
         overrides = list(config.hydra.overrides.task)
         cwd = config.hydra.runtime.cwd
-        grid = "basic" in str(config.hydra.sweeper.get("_target_", "")).lower()
+        target = str(config.hydra.sweeper.get("_target_", ""))
+        grid = target.endswith(("BasicSweeper", "GridSweeper"))
+        if config.sweep.points and not target.endswith("GridSweeper"):
+            _refuse(f"sweep.points: runs a list of points with the default sweeper; {target} chooses its own.")
         cfgs = {}
+        self.varying = varying(overrides)
         if grid:
-            for job in points(overrides):
+            try:
+                jobs = points.jobs(overrides, config.sweep.points, cwd)
+            except ConfigError as error:
+                _refuse(str(error))
+            if config.sweep.points:
+                self.varying = points.varying(jobs)
+            for job in jobs:
                 cfgs[tuple(job)] = hydra.compose(config_name=config.hydra.job.config_name, overrides=job)
             good = preflight(cfgs, cwd, build=config.sweep.preflight)
             self.expected = {point: _fingerprints(*good[point]) if point in good else (None, None) for point in cfgs}
@@ -66,7 +69,7 @@ class SweepCallback(Callback):
         # cache that Hydra copies into every job's config: all jobs see this one value.
         sweep_id = config.sweep.id
         tags = {record.Tag.OVERRIDES: record.encode_overrides(shown), record.Tag.POINTS: str(len(cfgs) or "?"),
-                record.Tag.VARYING: record.encode_overrides(varying(overrides)), record.Tag.SWEEP_ID: sweep_id,
+                record.Tag.VARYING: record.encode_overrides(self.varying), record.Tag.SWEEP_ID: sweep_id,
                 record.Tag.SWEEP_PARENT: sweep_id, **record.owner()}
         client = record.client()
         # Made with the client, not mlflow.start_run: jobs of the basic launcher run in this
@@ -85,7 +88,7 @@ class SweepCallback(Callback):
             record.close_dead_runs(record.open_store(config.mlflow, config.hydra.runtime.cwd))
             objectives = objective.objectives(config.sweep.objective)
             names = [name for name, _ in objectives]
-            jobs = job_rows(self.parent, self.expected, varying(config.hydra.overrides.task), self.skip_finished)
+            jobs = job_rows(self.parent, self.expected, self.varying, self.skip_finished)
             rows = point_rows(jobs, objectives)
             table = leaderboard(rows, names)
             failed = sum(j["status"] not in ENDED_WELL for j in jobs)
@@ -112,6 +115,13 @@ class SweepCallback(Callback):
     def _abandoned(self):
         if self.parent is not None:
             end_abandoned(self.parent, "KILLED", "the sweep was interrupted (Ctrl-C or a kill) before its jobs ended")
+
+
+def _refuse(message):
+    """A sweep that cannot start: one line, exit 2, before any job (Hydra turns a callback's exception
+    into a warning and goes on)."""
+    print(f"runner: config error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _fingerprints(cfg, graph, info):
