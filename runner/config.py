@@ -110,6 +110,8 @@ class SweepConfig:
     objective: Any = "val_accuracy"
     seeds: int = 1  # runs per point, seeds seed, seed+1, ...: the leaderboard ranks points by their mean
     points: Optional[str] = None  # a YAML list of points (override sets): run exactly those, not a grid
+    max_failures: Optional[int] = None  # stop launching jobs once this many failed: the rest are NOT RUN
+    max_params: Optional[int] = None  # the preflight refuses a point whose model has more parameters
     preflight: bool = True  # validate every point and build its model before the first job trains
     skip_finished: bool = False  # skip points whose identical config already has a FINISHED run
     # One id per sweep, the same in every job (Hydra copies the resolver cache into each job's

@@ -165,7 +165,7 @@ def sweep_curves(histories, metric):
             ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} of every point: mean over its seeds ± 1 std")
     ax.grid(alpha=0.3)
-    if histories:
+    if ax.get_lines():
         ax.legend(fontsize=7)
     return fig
 

@@ -89,12 +89,13 @@ class SweepCallback(Callback):
             objectives = objective.objectives(config.sweep.objective)
             names = [name for name, _ in objectives]
             jobs = job_rows(self.parent, self.expected, self.varying, self.skip_finished)
+            reason = not_run(jobs, config.sweep.max_failures)
             rows = point_rows(jobs, objectives)
             table = leaderboard(rows, names)
             failed = sum(j["status"] not in ENDED_WELL for j in jobs)
             pruned = sum(j["status"] == PRUNED for j in jobs)
             summary = (f"{len(jobs) - failed} of {len(jobs)} jobs FINISHED" + (f" ({pruned} pruned)" if pruned else "")
-                       + (f", {failed} not" if failed else ""))
+                       + (f", {failed} not" if failed else "") + (f"; {reason}" if reason else ""))
             ranked = " and ".join(f"{name} ({direction})" for name, direction in objectives)
             shares = importance.importance(jobs, names[0])
             mattered = f"\n{importance.markdown(shares, names[0])}" if shares else ""
@@ -102,7 +103,7 @@ class SweepCallback(Callback):
                   f"\n{table}\n{summary}{mattered}", flush=True)
             end_parent(self.parent, rows, jobs, {"leaderboard.md": table, "leaderboard.csv": to_csv(rows, names),
                                                  "leaderboard.html": to_html(rows, summary, names)}, failed, objectives,
-                       shares)
+                       shares, reason)
         except BaseException as error:  # never leave the parent RUNNING
             end_abandoned(self.parent, "FAILED", f"{type(error).__name__}: {error}")
             raise
@@ -115,6 +116,17 @@ class SweepCallback(Callback):
     def _abandoned(self):
         if self.parent is not None:
             end_abandoned(self.parent, "KILLED", "the sweep was interrupted (Ctrl-C or a kill) before its jobs ended")
+
+
+def not_run(jobs, max_failures):
+    """Mark the jobs sweep.max_failures kept from starting NOT RUN; the reason, or None."""
+    failed = sum(j["status"] in ("FAILED", "KILLED") for j in jobs)
+    missing = [j for j in jobs if j["status"] == "MISSING"]
+    if max_failures is None or failed < max_failures or not missing:
+        return None
+    for job in missing:
+        job["status"] = "NOT RUN"
+    return f"sweep.max_failures={max_failures} reached ({failed} failed): {len(missing)} jobs NOT RUN"
 
 
 def _refuse(message):
@@ -194,20 +206,22 @@ def preflight(cfgs, cwd, build=True):
 
 
 def _build_all(good, broken):
-    """Build each distinct model once. A multi-worker point is only validated: its strategy must be
-    the first TensorFlow work of its process, and the basic launcher runs jobs in this one."""
+    """Build each distinct model once, refusing one larger than sweep.max_params. A multi-worker point
+    is only validated: its strategy must be the first TensorFlow work of its process, and the basic
+    launcher runs jobs in this one."""
     if any(cfg.loop.strategy == "multi_worker" for cfg, *_ in good.values()):
         return
     from runner import environment, work  # imports TensorFlow
 
     environment.setup_devices()
-    built = set()
+    built = {}
     for point, (cfg, graph, _) in good.items():
         key = repr((graph.to_config(), cfg.model.style, cfg.dataset.num_classes))
-        if key in built:
-            continue
-        built.add(key)
         try:
-            work.build_model(cfg, graph)
+            if key not in built:
+                built[key] = work.build_model(cfg, graph).count_params()
+            if cfg.sweep.max_params is not None and built[key] > cfg.sweep.max_params:
+                raise ConfigError(f"the model has {built[key]:,} parameters, more than sweep.max_params="
+                                  f"{cfg.sweep.max_params:,}; drop this point or raise the limit.")
         except ConfigError as error:
             broken.append(f"  {_shown(point)}: {error}")

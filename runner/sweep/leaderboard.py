@@ -134,7 +134,7 @@ def _status(members):
     return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
 
 
-def end_parent(parent_id, rows, jobs, files, failed, objectives, shares):
+def end_parent(parent_id, rows, jobs, files, failed, objectives, shares, reason=None):
     """Log the leaderboard files, the best point's objective (and its test metrics, reported), the
     figures, what mattered (`shares`: importance.importance), tag the best point's jobs, end the parent."""
     client = record.client()
@@ -158,6 +158,8 @@ def end_parent(parent_id, rows, jobs, files, failed, objectives, shares):
                 client.set_tag(job["run_id"], record.Tag.BEST, "true")
         client.set_tag(parent_id, record.Tag.BEST, best["run_id"])
     client.set_tag(parent_id, record.Tag.JOBS_FAILED, str(failed))
+    if reason:
+        client.set_tag(parent_id, record.Tag.ERROR, reason)
     record.retry(client.set_terminated, parent_id, "FAILED" if failed else "FINISHED")
 
 

@@ -61,6 +61,9 @@ def validate(cfg):
     objectives(cfg.sweep.objective)
     if cfg.sweep.seeds < 1:
         raise ConfigError(f"sweep.seeds: must be a positive integer (seeds per point), got {cfg.sweep.seeds}.")
+    for key in ("max_failures", "max_params"):
+        if cfg.sweep[key] is not None and cfg.sweep[key] < 1:
+            raise ConfigError(f"sweep.{key}: must be a positive integer, or null (no limit); got {cfg.sweep[key]}.")
 
 
 def optuna_directions(spec):
