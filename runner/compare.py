@@ -28,7 +28,7 @@ CURVES = ("val_accuracy", "val_loss")
 
 def cli(argv):
     """`runner compare ...` / `runner reproduce ...`: exit status 0, or 2 with one line on bad input."""
-    parser = argparse.ArgumentParser(prog="runner", description="Compare or reproduce runs recorded by runner.")
+    parser = argparse.ArgumentParser(prog="runner", description="Compare, reproduce or register runs recorded by runner.")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
     sub = parser.add_subparsers(dest="command", required=True)
     one = sub.add_parser("compare", help="what differs between runs (or a sweep's parent: its jobs)")
@@ -36,6 +36,9 @@ def cli(argv):
     one.add_argument("--html", metavar="FILE", help="also write the comparison, with the learning curves, as HTML")
     two = sub.add_parser("reproduce", help="the command that re-runs a run, and what differs in this environment")
     two.add_argument("run", metavar="RUN_ID")
+    three = sub.add_parser("register", help="a run's model as a new version of NAME, aliased champion")
+    three.add_argument("run", metavar="RUN_ID")
+    three.add_argument("name", metavar="NAME")
     args = parser.parse_args(argv)
     try:
         client = _client(args.tracking_uri)
@@ -46,12 +49,24 @@ def cli(argv):
                 with open(args.html, "w") as f:
                     f.write(compare_html(client, runs))
                 print(f"written: {args.html}")
+        elif args.command == "register":
+            print(register(client, _get(client, args.run), args.name))
         else:
             print(reproduce(client, _get(client, args.run)))
     except ConfigError as error:
         print(f"runner: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def register(client, run, name):
+    """`runner register RUN_ID NAME`: the run's logged model as NAME@champion, described by its metrics."""
+    from runner.record import registry
+
+    metrics = run.data.metrics
+    shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("val_accuracy", "val_loss", "test_accuracy") if k in metrics)
+    version = registry.register(client, run, name, f"Registered from run {run.info.run_id} ({run.info.run_name}): {shown}.")
+    return f"registered run {run.info.run_id} as {name} version {version.version} (models:/{name}@{registry.ALIAS})"
 
 
 def _client(uri):

@@ -112,6 +112,8 @@ class SweepConfig:
     points: Optional[str] = None  # a YAML list of points (override sets): run exactly those, not a grid
     max_failures: Optional[int] = None  # stop launching jobs once this many failed: the rest are NOT RUN
     max_params: Optional[int] = None  # the preflight refuses a point whose model has more parameters
+    register: Optional[str] = None  # a registered model's name: the best job's model becomes its @champion
+    register_if: Optional[float] = None  # only when the best point's objective reaches this (in its direction)
     preflight: bool = True  # validate every point and build its model before the first job trains
     skip_finished: bool = False  # skip points whose identical config already has a FINISHED run
     # One id per sweep, the same in every job (Hydra copies the resolver cache into each job's

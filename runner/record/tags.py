@@ -12,7 +12,8 @@ class Tag:
     OUTPUT_DIR = "runner.output_dir"  # the run's own directory (RunDir): config.yaml, checkpoints
     CONFIG_HASH = "runner.config_hash"  # config.fingerprint: what determines the result
     POINT = "runner.point"  # the same without the seed: a sweep point, whatever its seed (group by it)
-    BEST = "runner.best"  # "true" on the sweep job whose point is best by sweep.objective
+    BEST = "runner.best"  # "true" on the jobs of the sweep's best point by sweep.objective; the parent: its best job
+    REGISTERED = "runner.registered"  # on a sweep's parent: the model version sweep.register made, or why none
     HOST = "runner.host"  # with PROCESS: the owner, so a dead one can be told from a live one
     PID = "runner.pid"
     PROCESS = "runner.process"  # boot id, pid namespace and start time of the owner process

@@ -287,7 +287,7 @@ def log_record(work, results, cfg, choices):
         drawn = cfg.mlflow.log_figures and pool.submit(figures.draw_run_figures, work.history, kept, y, probs,
                                                        work.model, tmp)
         sample = (np.stack([kept[i] for i in range(min(2, len(y)))]), probs[:2]) if wanted else None
-        uri = log_model(work.model, cfg, sample, step=cfg.loop.epochs, summary=summary.result())
+        uri = log_model(work.model, cfg, sample, step=len(work.history) or cfg.loop.epochs, summary=summary.result())
         if drawn:
             figures.log_drawn(tmp, drawn.result())  # a drawing error is raised here: the run is FAILED
     log_outcome(cfg, choices, results)

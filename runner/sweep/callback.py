@@ -103,7 +103,7 @@ class SweepCallback(Callback):
                   f"\n{table}\n{summary}{mattered}", flush=True)
             end_parent(self.parent, rows, jobs, {"leaderboard.md": table, "leaderboard.csv": to_csv(rows, names),
                                                  "leaderboard.html": to_html(rows, summary, names)}, failed, objectives,
-                       shares, reason)
+                       shares, reason, (config.sweep.register, config.sweep.register_if) if config.sweep.register else None)
         except BaseException as error:  # never leave the parent RUNNING
             end_abandoned(self.parent, "FAILED", f"{type(error).__name__}: {error}")
             raise

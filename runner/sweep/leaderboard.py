@@ -134,7 +134,7 @@ def _status(members):
     return ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
 
 
-def end_parent(parent_id, rows, jobs, files, failed, objectives, shares, reason=None):
+def end_parent(parent_id, rows, jobs, files, failed, objectives, shares, reason=None, register=None):
     """Log the leaderboard files, the best point's objective (and its test metrics, reported), the
     figures, what mattered (`shares`: importance.importance), tag the best point's jobs, end the parent."""
     client = record.client()
@@ -157,10 +157,35 @@ def end_parent(parent_id, rows, jobs, files, failed, objectives, shares, reason=
             if job.get("run_id"):
                 client.set_tag(job["run_id"], record.Tag.BEST, "true")
         client.set_tag(parent_id, record.Tag.BEST, best["run_id"])
+    if register is not None:
+        registered = _register(client, parent_id, best, objectives, *register)
+        print(f"runner: {registered}", flush=True)
+        client.set_tag(parent_id, record.Tag.REGISTERED, registered)
     client.set_tag(parent_id, record.Tag.JOBS_FAILED, str(failed))
     if reason:
         client.set_tag(parent_id, record.Tag.ERROR, reason)
     record.retry(client.set_terminated, parent_id, "FAILED" if failed else "FINISHED")
+
+
+def _register(client, parent_id, best, objectives, name, threshold):
+    """Register the best job's model as NAME@champion, when the best point reaches `threshold`; what
+    was done, or why not."""
+    from runner.record import registry
+
+    metric, direction = objectives[0]
+    if best is None:
+        return f"not registered as {name}: no job logged {metric}"
+    mean, std, n = best[metric], best.get(f"{metric}_std"), best["n"]
+    spread = f"{mean:.4f} ± {std:.4f} over {n} seeds" if std is not None else f"{mean:.4f} ({n} seed)"
+    if threshold is not None and not objective.reaches(mean, threshold, direction):
+        return (f"not registered as {name}: the best point's {metric} {spread} does not reach "
+                f"sweep.register_if={threshold} ({direction})")
+    job = client.get_run(best["run_id"])
+    description = (f"The best job of sweep {parent_id} by {metric} ({direction}): point {best['overrides'] or '(no overrides)'}, "
+                   f"{metric} {spread}; this job (run {job.info.run_id}): {metric} "
+                   f"{objective.value(job.data.metrics, metric)}, test_accuracy {job.data.metrics.get('test_accuracy')}.")
+    version = registry.register(client, job, name, description)
+    return f"registered run {job.info.run_id} as {name} version {version.version} (models:/{name}@{registry.ALIAS})"
 
 
 def leaderboard(rows, names):

@@ -61,6 +61,11 @@ def validate(cfg):
     objectives(cfg.sweep.objective)
     if cfg.sweep.seeds < 1:
         raise ConfigError(f"sweep.seeds: must be a positive integer (seeds per point), got {cfg.sweep.seeds}.")
+    if cfg.sweep.register and not cfg.mlflow.log_model:
+        raise ConfigError("sweep.register: registers the best job's logged model, but mlflow.log_model=false "
+                          "logs none; drop one of the two.")
+    if cfg.sweep.register_if is not None and not cfg.sweep.register:
+        raise ConfigError("sweep.register_if: a threshold for sweep.register=NAME, which is not set.")
     for key in ("max_failures", "max_params"):
         if cfg.sweep[key] is not None and cfg.sweep[key] < 1:
             raise ConfigError(f"sweep.{key}: must be a positive integer, or null (no limit); got {cfg.sweep[key]}.")
@@ -109,3 +114,8 @@ def pareto(points, directions):
         if not any(all(o <= m for o, m in zip(other, mine)) and other != mine for other in scored):
             front.append(i)
     return front
+
+
+def reaches(found, threshold, direction):
+    """Does the objective's value `found` reach `threshold` (at least for max, at most for min)?"""
+    return found is not None and (found >= threshold if direction == "max" else found <= threshold)

@@ -1,0 +1,36 @@
+"""The model registry: a run's logged model as a new version of a registered model, aliased `champion`.
+
+`sweep.register=NAME` registers the best job of a sweep (by sweep.objective; with two objectives, the
+Pareto front's best on the first), `runner register RUN_ID NAME` one run. The version's description
+names where it came from and the objective's value, so `models:/NAME@champion` says why it is there.
+"""
+
+from runner.errors import ConfigError
+from runner.record.search import quoted
+
+ALIAS = "champion"
+
+
+def logged_model(client, run):
+    """The run's logged model (the newest, when it logged several), or a ConfigError saying why none."""
+    found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                        filter_string=f"source_run_id = '{quoted(run.info.run_id)}'")
+    if not found:
+        raise ConfigError(f"run {run.info.run_id} has no logged model (it ran with mlflow.log_model=false, or "
+                          "ended before its model was saved); register a run that logged one.")
+    return max(found, key=lambda m: m.creation_timestamp)
+
+
+def register(client, run, name, description):
+    """A new version of registered model `name` from the run's logged model, aliased champion."""
+    from mlflow.exceptions import MlflowException
+
+    model = logged_model(client, run)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+    version = client.create_model_version(name, source=model.model_uri, run_id=run.info.run_id,
+                                          model_id=model.model_id, description=description)
+    client.set_registered_model_alias(name, ALIAS, version.version)
+    return version
