@@ -87,7 +87,7 @@ def visit(page, url, shot, wait_for):
 def test_runs_list_shows_the_jobs_with_dataset_and_model(ui, page):
     base, runs, shots, _ = ui
     query = urllib.parse.urlencode({"workflowType": "machine_learning", "searchFilter": "params.dataset = 'digits'",
-                                    "orderByKey": "metrics.`test_accuracy`", "orderByAsc": "false"})
+                                    "orderByKey": "metrics.`val_accuracy`", "orderByAsc": "false"})
     text = visit(page, f"{base}/#/experiments/1/runs?{query}", shots / "runs.png", "optimizer=sgd")
     assert "optimizer=adam" in text and "2 matching runs" in text
     assert text.count("digits-train") == 2 and text.count("digits-test") == 2  # the Dataset column, each job
@@ -142,7 +142,7 @@ def test_the_runner_view_lands_on_the_metric_columns(ui, page):
 
     base, runs, shots, store = ui
     tags = mlflow.MlflowClient(store).get_experiment("1").tags
-    assert json.loads(tags[landing.TAG])["orderByKey"] == "metrics.`test_accuracy`"  # written by the runs
+    assert json.loads(tags[landing.TAG])["orderByKey"] == "metrics.`val_accuracy`"  # written by the runs: validation ranks
     page.set_viewport_size({"width": 2600, "height": 1000})  # every column in view: the grid draws only those
     try:
         text = visit(page, landing.runs_url(base, "1"), shots / "landing.png", "optimizer=sgd")

@@ -60,6 +60,8 @@ def test_early_stopping_stops_records_and_tests_the_restored_epoch(make_cfg, sto
     metrics = found.data.metrics
     epochs = len(per_epoch(client, found, "loss"))
     assert 2 <= epochs < 50 and metrics["stopped_epoch"] == epochs
+    # the test metrics (and the model) sit at the last epoch trained, not at loop.epochs
+    assert [m.step for m in client.get_metric_history(found.info.run_id, "test_loss")] == [epochs]
     restored = int(metrics["restored_epoch"])
     best = 0  # Keras' rule: an epoch is better only by more than min_delta
     for epoch, value in enumerate(per_epoch(client, found, "val_loss")):

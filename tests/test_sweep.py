@@ -1,6 +1,7 @@
 """Sweeps (`runner -m`): a parent run with nested jobs, a leaderboard, preflight, failures, parallel jobs, resume."""
 
 import os
+import statistics
 import subprocess
 import sys
 
@@ -26,14 +27,18 @@ def test_sweep_is_one_parent_with_nested_jobs_and_a_leaderboard(tmp_path):
     ]
     parent = runs[parent_id]
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics["best_test_accuracy"] == max(c.data.metrics["test_accuracy"] for c in children)
+    # ranked by the objective (val_accuracy), never by the test split; the best job's test accuracy is reported
+    best = max(children, key=lambda c: c.data.metrics["val_accuracy"])
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best.data.metrics["val_accuracy"])
+    assert parent.data.metrics["best_test_accuracy"] == pytest.approx(best.data.metrics["test_accuracy"])
+    assert parent.data.tags["runner.best"] == best.info.run_id
+    assert [c.data.tags.get("runner.best") for c in children].count("true") == 1 == (best.data.tags["runner.best"] == "true")
     artifacts = {a.path for a in client.list_artifacts(parent_id, "leaderboard")}
-    assert artifacts == {f"leaderboard/leaderboard.{ext}" for ext in ("md", "csv", "html")}
-    assert "| rank | overrides | status | val_accuracy | test_accuracy | epochs | wall_s | run_id |" in done.stdout
+    assert {f"leaderboard/leaderboard.{ext}" for ext in ("md", "csv", "html")} <= artifacts
+    assert "| rank | overrides | status | n | val_accuracy | test_accuracy | test_loss | lead |" in done.stdout
     assert "4 of 4 jobs FINISHED" in done.stdout
     rows = [line for line in done.stdout.splitlines() if line.startswith("| 1 ")]
-    best = max(c.data.metrics["test_accuracy"] for c in children)
-    assert float(rows[0].split("|")[5]) == pytest.approx(best, abs=1e-4)  # best first
+    assert float(rows[0].split("|")[5]) == pytest.approx(best.data.metrics["val_accuracy"], abs=1e-4)  # best first
 
 
 def test_preflight_reports_a_broken_point_before_any_job(tmp_path):
@@ -124,6 +129,76 @@ def test_optuna_search_maximises_validation_accuracy(tmp_path):
     assert len(trials) == 3 and {t.info.status for t in trials} == {"FINISHED"}
     best = max(t.data.metrics["val_accuracy"] for t in trials)
     assert f"Best value: {best}" in done.stdout + done.stderr  # the job returns its validation accuracy
+
+
+@pytest.mark.slow
+def test_an_optuna_trial_is_worth_its_points_mean_over_seeds_in_the_objectives_direction(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    done = cli("-m", "hydra/sweeper=tune", "hydra.sweeper.n_trials=2", "sweep.seeds=2", "sweep.objective=val_loss",
+               "optimizer.learning_rate=tag(log,interval(1e-4,1e-1))", *QUICK, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    _, families, _ = family(tmp_path)
+    ((parent_id, runs),) = families.items()
+    points = {}
+    for run in runs:
+        points.setdefault(run.data.tags["runner.point"], []).append(run.data.metrics["val_loss"])
+    assert len(runs) == 4 and sorted(map(len, points.values())) == [2, 2]
+    best = min(statistics.fmean(values) for values in points.values())  # minimised: the direction reached Optuna
+    assert f"Best value: {best}" in done.stdout + done.stderr
+    assert "ranked by val_loss (min)" in done.stdout
+
+
+@pytest.mark.slow
+def test_seeds_give_one_row_per_point_ranked_on_validation_and_the_best_job_is_the_champion(tmp_path):
+    import mlflow
+    import numpy as np
+
+    done = cli("-m", "optimizer.learning_rate=0.001,0.01", "sweep.seeds=3", "sweep.register=digits",
+               "loop.epochs=2", "dataset.limit=300", "loop.verbose=0", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    client, families, runs = family(tmp_path)
+    ((parent_id, children),) = families.items()
+    points = {}
+    for child in children:
+        points.setdefault(child.data.tags["runner.point"], []).append(child)
+    assert sorted(map(len, points.values())) == [3, 3]
+    assert sorted(c.data.params["seed"] for c in children) == ["42", "42", "43", "43", "44", "44"]
+    means = {p: statistics.fmean(c.data.metrics["val_accuracy"] for c in jobs) for p, jobs in points.items()}
+    best_point = max(means, key=means.get)
+    parent = runs[parent_id]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(means[best_point])
+    assert parent.data.metrics["best_test_accuracy"] == pytest.approx(
+        statistics.fmean(c.data.metrics["test_accuracy"] for c in points[best_point]))  # reported, not chosen on
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(rows) == 2 and all("| 3 |" in row and " ± " in row for row in rows)
+    assert "Welch p=" in rows[0] and "| val_accuracy |" in done.stdout
+    figures = {a.path for a in client.list_artifacts(parent_id, "figures")}
+    assert {"figures/val_accuracy_per_point.png", "figures/val_accuracy.png", "figures/parallel_coordinates.png"} <= figures
+    assert "leaderboard/importance.md" in {a.path for a in client.list_artifacts(parent_id, "leaderboard")}
+    # the champion is the best point's best job, and it loads
+    champion = client.get_model_version_by_alias("digits", "champion")
+    best_job = max(points[best_point], key=lambda c: c.data.metrics["val_accuracy"])
+    assert champion.run_id == best_job.info.run_id and "val_accuracy" in champion.description
+    assert parent.data.tags["runner.registered"].startswith(f"registered run {best_job.info.run_id} as digits version 1")
+    mlflow.set_tracking_uri(conftest.store_uri(tmp_path))
+    model = mlflow.pyfunc.load_model("models:/digits@champion")
+    assert model.predict(np.zeros((2, 8, 8, 1), dtype="float32")).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_a_points_file_runs_its_points_in_parallel_and_max_failures_stops_the_rest(tmp_path):
+    (tmp_path / "points.yaml").write_text("- [optimizer.learning_rate=1e9]\n- {optimizer.learning_rate: 2e9}\n"
+                                          "- [optimizer=sgd, optimizer.learning_rate=0.01]\n")
+    done = cli("-m", "hydra/launcher=parallel", "sweep.points=points.yaml", "sweep.max_failures=2", *QUICK, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    _, families, runs = family(tmp_path)
+    ((parent_id, children),) = families.items()
+    assert sorted(c.info.status for c in children) == ["FAILED", "FAILED"]  # the third never started
+    assert "| NOT RUN |" in done.stdout and "sweep.max_failures=2 reached (2 failed): 1 jobs NOT RUN" in done.stdout
+    parent = runs[parent_id]
+    assert parent.info.status == "FAILED" and parent.data.tags["error"].startswith("sweep.max_failures=2 reached")
+    assert "optimizer=sgd optimizer.learning_rate=0.01" in done.stdout  # the point not run is named
 
 
 @pytest.mark.slow
