@@ -166,7 +166,7 @@ def _sweep_cfg(**values):
 
     from runner.config import SweepConfig
 
-    return OmegaConf.merge(OmegaConf.structured(SweepConfig), values)
+    return OmegaConf.merge(OmegaConf.structured(SweepConfig), {"prune_monitor": "val_loss", **values})
 
 
 # Two seeds of a good rate run first (grid order), then two of 0.5, which throws Adam far off: each of
