@@ -39,6 +39,9 @@ def cli(argv):
     three = sub.add_parser("register", help="a run's model as a new version of NAME, aliased champion")
     three.add_argument("run", metavar="RUN_ID")
     three.add_argument("name", metavar="NAME")
+    four = sub.add_parser("export", help="a run's model in other runtimes' formats, each checked against Keras")
+    four.add_argument("run", metavar="RUN_ID")
+    four.add_argument("--format", required=True, help="comma-separated: tf_saved_model, onnx, litert")
     args = parser.parse_args(argv)
     try:
         client = _client(args.tracking_uri)
@@ -49,6 +52,10 @@ def cli(argv):
                 with open(args.html, "w") as f:
                     f.write(compare_html(client, runs))
                 print(f"written: {args.html}")
+        elif args.command == "export":
+            from runner.train import export_finished
+
+            export_finished(client, _get(client, args.run), [f.strip() for f in args.format.split(",") if f.strip()])
         elif args.command == "register":
             print(register(client, _get(client, args.run), args.name))
         else:
@@ -56,6 +63,9 @@ def cli(argv):
     except ConfigError as error:
         print(f"runner: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:  # export.ExportMismatch: recorded in the run, and loud here
+        print(f"runner: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

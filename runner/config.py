@@ -17,7 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import callbacks, class_weights, keras_api, schedules
+from runner import callbacks, class_weights, export, keras_api, schedules
 from runner.sweep import objective, prune
 from runner import data
 from runner.data import augment, checks, digest
@@ -141,6 +141,7 @@ class Config:
     resume: Optional[str] = None  # an MLflow run id: continue it from its last checkpoint
     tags: List[str] = field(default_factory=list)  # your labels, as MLflow tags: tags=[baseline,ablation]
     note: Optional[str] = None  # one line of your own: the start of the run's description
+    export: List[str] = field(default_factory=list)  # at the end: [tf_saved_model, onnx, litert], each checked against Keras
 
 
 def load(path, **values):
@@ -185,6 +186,7 @@ def validate(cfg: DictConfig) -> Graph:
     callbacks.validate(cfg.callbacks, schedules.validate(cfg.optimizer))
     class_weights.validate(cfg.dataset)
     objective.validate(cfg)
+    export.validate(cfg.export)
     prune.validate(cfg)
     step_check(cfg.loop, cfg.optimizer)
     class_args("losses", "model.loss", cfg.model.loss)
@@ -244,7 +246,7 @@ def fingerprint(cfg, info=None, point=False):
         cfg = cfg.copy()
         cfg.seed = 0
     plain = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("mlflow", "sweep", "resume", "tags", "note"):
+    for key in ("mlflow", "sweep", "resume", "tags", "note", "export"):
         plain.pop(key, None)
     plain["loop"].pop("verbose", None)
     plain["model"].pop("description", None)

@@ -161,6 +161,44 @@ def report(work, results, run_dir, cfg, resumed, choices=None):
     tracking.log_final(results, step=len(work.history) or cfg.loop.epochs, resumed=resumed)
     tracking.log_record(work, results, cfg, choices or {})
     tracking.log_checkpoint(run_dir.checkpoints)
+    if cfg.export:
+        exported(work.model, cfg, work.test_data, work.run_id, record.client())
+
+
+def export_finished(client, run, formats):
+    """`runner export RUN_ID --format ...`: the run's logged model exported and checked on its own
+    test split, recorded in that run."""
+    from runner import export
+
+    export.validate(formats, "--format")
+    import mlflow.keras  # imports TensorFlow
+
+    from runner import data, environment
+    from runner.record import registry
+
+    with tempfile.TemporaryDirectory(prefix="runner-export-") as tmp:
+        cfg = config.load(client.download_artifacts(run.info.run_id, "config.yaml", tmp), export=list(formats))
+    cfg, _, info = checked(cfg, ".")
+    environment.setup_devices()
+    model = mlflow.keras.load_model(registry.logged_model(client, run).model_uri)
+    splits = data.load(cfg.dataset, info)
+    return exported(model, cfg, data.pipeline(*splits.test, cfg.loop.batch_size), run.info.run_id, client)
+
+
+def exported(model, cfg, test_data, run_id, client):
+    """Export the model in cfg.export's formats, record the files and their parity with Keras on a
+    batch of the test split, and fail loudly (after recording) when one differs."""
+    from runner import export
+    from runner.record import tracking
+
+    with tempfile.TemporaryDirectory(prefix="runner-export-") as tmp:
+        found = export.export(model, cfg.export, export.test_batch(test_data), tmp, config.validate(cfg), cfg.model.style)
+        tracking.log_exports(client, run_id, found)
+    for fmt, figures in found.items():
+        print(f"runner: exported {fmt}: largest difference from Keras {figures['max_abs_diff']:.2g}, top-1 agreement "
+              f"{figures['top1_agreement']:.4f} on {figures['compared']} test examples", flush=True)
+    export.check(found)
+    return found
 
 
 def _absolute_paths(cfg, cwd):

@@ -11,10 +11,15 @@ from runner.record.search import quoted
 ALIAS = "champion"
 
 
+ONNX_MODEL = "onnx_model"  # the name of the ONNX export's MLflow model (record.tracking.log_exports)
+
+
 def logged_model(client, run):
-    """The run's logged model (the newest, when it logged several), or a ConfigError saying why none."""
-    found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                        filter_string=f"source_run_id = '{quoted(run.info.run_id)}'")
+    """The run's Keras model (the newest, when it logged several; not its ONNX export), or a
+    ConfigError saying why there is none."""
+    found = [m for m in client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                                    filter_string=f"source_run_id = '{quoted(run.info.run_id)}'")
+             if m.name != ONNX_MODEL]
     if not found:
         raise ConfigError(f"run {run.info.run_id} has no logged model (it ran with mlflow.log_model=false, or "
                           "ended before its model was saved); register a run that logged one.")

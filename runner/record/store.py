@@ -27,7 +27,15 @@ MLFLOW_DEFAULTS = {
     # MLflow prints "View run ... at: <tracking URI>" for a server, password included: the runner prints
     # its own link. Read each time a run starts or ends.
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    # A run's own artifacts read back (`runner export`): a progress bar per file says nothing. Read per download.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
+
+
+def set_defaults():
+    """MLflow's settings the runner changes (MLFLOW_DEFAULTS), unless the user set them."""
+    for key, value in MLFLOW_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 def tracking_uri(mlflow_cfg, cwd):
@@ -73,8 +81,7 @@ def open_store(mlflow_cfg, cwd):
 
     A SQLite store keeps its artifacts beside it in ./mlartifacts.
     """
-    for key, value in MLFLOW_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    set_defaults()
     uri = tracking_uri(mlflow_cfg, cwd)
     if uri.startswith("file:") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
         raise ConfigError(
@@ -99,6 +106,7 @@ def open_store(mlflow_cfg, cwd):
 
 def client(uri=None):
     """A client of the store `uri` (made the current one), or of the current store."""
+    set_defaults()
     if uri is not None:
         mlflow.set_tracking_uri(uri)
         return mlflow.MlflowClient(uri)

@@ -294,6 +294,35 @@ def log_record(work, results, cfg, choices):
     return uri
 
 
+def log_exports(client, run_id, found):
+    """Each exported file under the run's `export/<format>/` artifacts, its parity figures as metrics
+    (`export_<format>_max_abs_diff`, `export_<format>_top1_agreement`), and the ONNX file also as an
+    MLflow model of the onnx flavour (`onnx_model`), which `mlflow models serve` serves."""
+    for fmt, figures in found.items():
+        path = Path(figures["path"])
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), f"export/{fmt}/{path.name}")
+        else:
+            client.log_artifact(run_id, str(path), f"export/{fmt}")
+        for name in ("max_abs_diff", "top1_agreement"):
+            client.log_metric(run_id, f"export_{fmt}_{name}", figures[name])
+    if "onnx" in found:
+        import onnx
+
+        active = mlflow.active_run()
+        if active is None or active.info.run_id != run_id:
+            with mlflow.start_run(run_id=run_id):
+                return _log_onnx(onnx.load(str(found["onnx"]["path"])))
+        return _log_onnx(onnx.load(str(found["onnx"]["path"])))
+
+
+def _log_onnx(model):
+    from runner.record.registry import ONNX_MODEL
+
+    return mlflow.onnx.log_model(model, name=ONNX_MODEL,
+                                 pip_requirements=[f"{p}=={version(p)}" for p in ("onnx", "onnxruntime", "numpy")]).model_uri
+
+
 def log_checkpoint(directory):
     """The checkpoint manifest (epoch history, the run it belongs to) as an artifact."""
     mlflow.log_artifact(str(Path(directory) / checkpoints.STATE), artifact_path="checkpoints")
