@@ -2,6 +2,7 @@
 127.0.0.1, in this environment (--env-manager local), answers /invocations with the trained model's
 predictions."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -30,31 +31,34 @@ def post(url, payload):
         return json.load(answer)
 
 
-def test_mlflow_models_serve_answers_with_the_trained_models_predictions(tmp_path):
+def trained(tmp_path, *overrides):
+    """(store URI, the run) of a tiny run on the digits, trained in this process."""
     from hydra import compose, initialize_config_module
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with initialize_config_module(config_module="runner.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             "loop.epochs=1", "dataset.limit=200", "loop.verbose=0", f"mlflow.tracking_uri={store}",
-            "mlflow.log_figures=false", "mlflow.system_metrics=false"])
+            "mlflow.log_figures=false", "mlflow.system_metrics=false", *overrides])
     try:
         run(cfg, cwd=tmp_path, output_root=tmp_path / "out")
     finally:
         mlflow.set_tracking_uri(None)
-    client, found = only_run(store)
-    (output,) = found.outputs.model_outputs
-    trained = keras.saving.load_model(next((tmp_path / "out").glob("run-*/checkpoints/epoch-0001")))
+    return store, only_run(store)[1]
 
+
+@contextlib.contextmanager
+def served(model_uri, store, tmp_path):
+    """`mlflow models serve` of `model_uri` on 127.0.0.1 (this environment): its /invocations URL."""
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PYTHONPATH": os.pathsep.join(sys.path)}
     log = open(tmp_path / "serve.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{output.model_id}",
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
          "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300  # the server imports TensorFlow and loads the model first
+        deadline = time.monotonic() + 300  # the server imports its runtime and loads the model first
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
@@ -63,11 +67,7 @@ def test_mlflow_models_serve_answers_with_the_trained_models_predictions(tmp_pat
                 if server.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"mlflow models serve did not come up:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
                 time.sleep(1)
-        x = np.random.default_rng(1).random((5, 8, 8, 1), dtype=np.float32)
-        answer = post(f"http://127.0.0.1:{port}/invocations", {"inputs": x.tolist()})
-        served = np.asarray(answer["predictions"], dtype=np.float32)
-        assert served.shape == (5, 10)
-        np.testing.assert_allclose(served, trained.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+        yield f"http://127.0.0.1:{port}/invocations"
     finally:
         server.terminate()
         try:
@@ -75,3 +75,32 @@ def test_mlflow_models_serve_answers_with_the_trained_models_predictions(tmp_pat
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+def test_mlflow_models_serve_answers_with_the_trained_models_predictions(tmp_path):
+    store, found = trained(tmp_path)
+    (output,) = found.outputs.model_outputs
+    model = keras.saving.load_model(next((tmp_path / "out").glob("run-*/checkpoints/epoch-0001")))
+    with served(f"models:/{output.model_id}", store, tmp_path) as url:
+        x = np.random.default_rng(1).random((5, 8, 8, 1), dtype=np.float32)
+        answer = post(url, {"inputs": x.tolist()})
+        predictions = np.asarray(answer["predictions"], dtype=np.float32)
+        assert predictions.shape == (5, 10)
+        np.testing.assert_allclose(predictions, model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_the_onnx_export_is_served_by_mlflow_models_serve(tmp_path):
+    pytest.importorskip("onnxruntime", reason="needs pip install '.[export]'")
+    store, found = trained(tmp_path, "export=[onnx]")
+    client = mlflow.MlflowClient(store)
+    (onnx_model,) = [m for m in client.search_logged_models([found.info.experiment_id]) if m.name == "onnx_model"]
+    model = keras.saving.load_model(next((tmp_path / "out").glob("run-*/checkpoints/epoch-0001")))
+    with served(f"models:/{onnx_model.model_id}", store, tmp_path) as url:
+        x = np.random.default_rng(2).random((5, 8, 8, 1), dtype=np.float32)
+        answer = post(url, {"inputs": x.tolist()})
+        predictions = answer["predictions"]
+        predictions = np.asarray(next(iter(predictions.values())) if isinstance(predictions, dict) else
+                                 [list(row.values())[0] for row in predictions] if isinstance(predictions[0], dict)
+                                 else predictions, dtype=np.float32)
+        assert predictions.shape == (5, 10)
+        np.testing.assert_allclose(predictions, model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
