@@ -91,6 +91,41 @@ def test_folders_that_cannot_train(tmp_path, setup, overrides, message):
         data.fill(OmegaConf.create({"seed": 0, "dataset": folder_cfg(root, **overrides)}))
 
 
+def _garbage(path):
+    path.write_bytes(bytes(range(256)) * 4)
+
+
+def _truncated(path):
+    whole = path.with_name("000.png").read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+
+
+@pytest.mark.parametrize("spoil", [
+    _garbage, lambda p: p.write_bytes(b""), lambda p: p.write_text("not an image at all"), _truncated,
+], ids=["garbage bytes", "zero bytes", "text", "truncated"])
+def test_a_file_that_is_not_a_readable_image_is_named_before_training(tmp_path, spoil):
+    root = write_images(tmp_path / "img", per_class=30)
+    bad = root / "dark" / ("zz.jpg" if spoil is not _truncated else "zz.png")
+    spoil(bad)
+    with pytest.raises(ConfigError, match=rf"dataset.path: 1 of 61 files are not readable images; remove or replace "
+                                          rf"them: {bad} \("):
+        data.inspect(folder_cfg(root))
+
+
+def test_many_bad_files_are_counted_and_the_first_ones_named(tmp_path):
+    root = write_images(tmp_path / "img")
+    for i in range(8):
+        (root / "bright" / f"bad{i}.png").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"8 of 20 files are not readable images; .*bad4.png .*, and 3 more\.$"):
+        data.inspect(folder_cfg(root))
+
+
+def test_a_grey_first_image_does_not_make_a_colour_folder_grey(tmp_path):
+    root = write_images(tmp_path / "img")
+    Image.fromarray(np.full((10, 12), 128, np.uint8), "L").save(root / "bright" / "000.png")  # the first file
+    assert data.inspect(folder_cfg(root)).input_shape == (10, 12, 3)
+
+
 def test_cli_missing_folder_exits_2(tmp_path):
     err = cli(["dataset=image_folder", "dataset.path=photos"], tmp_path)
     assert err == f"runner: config error: dataset.path: no folder at '{tmp_path / 'photos'}'; expected one sub-folder " \

@@ -33,9 +33,11 @@ def read(cfg):
     splits.need_path(cfg, "folder")
     paths, y, names = listing(cfg.path, "dataset.path")
     x_test, y_test = None, None
+    channels = scan(paths, "dataset.path")
     if cfg.test_path is not None:
         test_paths, y_test, _ = listing(cfg.test_path, "dataset.test_path", names)
-    shape = image_shape(paths[0], cfg.input_shape)
+        channels = max(channels, scan(test_paths, "dataset.test_path"))
+    shape = image_shape(paths[0], cfg.input_shape, channels)
     if cfg.test_path is not None:
         x_test = Files(test_paths, shape)
     return splits.Read(Files(paths, shape), y, x_test, y_test, str(cfg.path), (cfg.path, cfg.test_path), names, shape)
@@ -79,8 +81,35 @@ def listing(path, key, class_names=None):
     return np.array(paths), np.array(labels, dtype=np.int32), found
 
 
-def image_shape(first_file, configured):
-    """The configured [height, width, channels], or the first image's (grey: 1 channel, else 3)."""
+GREY = ("L", "1", "I;16", "I", "F", "LA")
+SHOWN = 5  # bad files named in the error; the rest counted
+
+
+def scan(paths, key):
+    """Open every image (its header, and PIL's integrity check of the file) before TensorFlow: a file
+    that is not a readable image (garbage, empty, text named .jpg, truncated) is named here, with the
+    others, instead of failing the run hours in with TensorFlow's nameless "Invalid PNG". Returns the
+    channels the folder needs: 1 when every image is grey, else 3 (one grey first image must not make
+    a colour folder grey)."""
+    from PIL import Image
+
+    bad, colour = [], False
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                colour = colour or image.mode not in GREY
+                image.verify()
+        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for a broken file
+            bad.append(f"{path} ({' '.join(str(error).split()) or type(error).__name__})")
+    if bad:
+        more = f", and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
+        raise ConfigError(f"{key}: {len(bad)} of {len(paths)} files are not readable images; remove or replace "
+                          f"them: {'; '.join(bad[:SHOWN])}{more}.")
+    return 3 if colour else 1
+
+
+def image_shape(first_file, configured, channels):
+    """The configured [height, width, channels], or the first image's size with `channels` (scan's)."""
     if configured is not None:
         shape = tuple(configured)
         if len(shape) != 3 or shape[2] not in (1, 3, 4):
@@ -88,8 +117,5 @@ def image_shape(first_file, configured):
         return shape
     from PIL import Image
 
-    try:
-        with Image.open(first_file) as image:  # reads the header only
-            return (image.height, image.width, 1 if image.mode in ("L", "1", "I;16", "I", "F") else 3)
-    except OSError as error:
-        raise ConfigError(f"dataset.path: cannot read {first_file!r} as an image: {error}") from error
+    with Image.open(first_file) as image:  # the header only; scan has read it before
+        return (image.height, image.width, channels)
