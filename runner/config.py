@@ -63,6 +63,7 @@ class DatasetConfig:
     label: str = "label"  # csv: the column with the classes
     categorical: List[str] = field(default_factory=list)  # csv: columns of numbers that are categories
     cache: str = "none"  # image_folder: none (decode per batch) | memory | disk (~/.cache/runner)
+    on_bad_file: str = "error"  # image_folder: a file that is not a readable image: error (named, exit 2) | skip
     tfds: Optional[str] = None  # tfds: a TensorFlow Datasets name ("mnist", "mnist:3.0.1"); path is its data_dir
     class_weight: Any = None  # `auto` (balanced from the training labels) or {label: weight}; runner/class_weights.py
     # Keras preprocessing layers on the training batches only, spelled like model layers:
@@ -172,6 +173,7 @@ def validate(cfg: DictConfig) -> Graph:
             "(the same callbacks, metrics and record)."
         )
     _one_of("dataset.cache", cfg.dataset.cache, CACHES, "dataset.cache")
+    _one_of("dataset.on_bad_file", cfg.dataset.on_bad_file, ("error", "skip"), "dataset.on_bad_file")
     for key in ("loop.epochs", "loop.batch_size", "dataset.num_classes"):
         value = OmegaConf.select(cfg, key)
         if value < 1:

@@ -15,10 +15,12 @@ from runner.errors import ConfigError
 
 
 def dataset_cfg(path, **overrides):
-    return OmegaConf.create({"name": "npz", "path": str(path), "test_path": None, "num_classes": None,
-                             "input_shape": None, "validation_split": 0.25, "test_split": 0.2, "limit": None,
-                             "seed": 0, "scale": "auto", "label": "label", "categorical": [], "cache": "none",
-                             "tfds": None, **overrides})
+    """A dataset config typed by the schema (every key, defaults included), as a run's `cfg.dataset`."""
+    from runner.config import DatasetConfig
+
+    return OmegaConf.merge(OmegaConf.structured(DatasetConfig), {
+        "name": "npz", "path": str(path), "num_classes": None, "input_shape": None, "validation_split": 0.25,
+        "test_split": 0.2, "seed": 0, **overrides})
 
 
 def write(path, **arrays):

@@ -108,8 +108,11 @@ def test_a_file_that_is_not_a_readable_image_is_named_before_training(tmp_path, 
     bad = root / "dark" / ("zz.jpg" if spoil is not _truncated else "zz.png")
     spoil(bad)
     with pytest.raises(ConfigError, match=rf"dataset.path: 1 of 61 files are not readable images; remove or replace "
-                                          rf"them: {bad} \("):
+                                          rf"them, or set dataset.on_bad_file=skip: {bad} \("):
         data.inspect(folder_cfg(root))
+    info = data.inspect(folder_cfg(root, on_bad_file="skip"))  # or left out, and named
+    assert info.examples["train"] + info.examples["validation"] + info.examples["test"] == 60
+    assert len(info.skipped) == 1 and info.skipped[0].startswith(f"{bad} (")
 
 
 def test_many_bad_files_are_counted_and_the_first_ones_named(tmp_path):

@@ -31,16 +31,19 @@ def load(cfg, info=None):
 
 def read(cfg):
     splits.need_path(cfg, "folder")
+    skip = cfg.on_bad_file == "skip"
     paths, y, names = listing(cfg.path, "dataset.path")
     x_test, y_test = None, None
-    channels = scan(paths, "dataset.path")
+    channels, paths, y, skipped = scan(paths, y, "dataset.path", skip)
     if cfg.test_path is not None:
         test_paths, y_test, _ = listing(cfg.test_path, "dataset.test_path", names)
-        channels = max(channels, scan(test_paths, "dataset.test_path"))
+        test_channels, test_paths, y_test, test_skipped = scan(test_paths, y_test, "dataset.test_path", skip)
+        channels, skipped = max(channels, test_channels), skipped + test_skipped
     shape = image_shape(paths[0], cfg.input_shape, channels)
     if cfg.test_path is not None:
         x_test = Files(test_paths, shape)
-    return splits.Read(Files(paths, shape), y, x_test, y_test, str(cfg.path), (cfg.path, cfg.test_path), names, shape)
+    return splits.Read(Files(paths, shape), y, x_test, y_test, str(cfg.path), (cfg.path, cfg.test_path), names, shape,
+                       skipped=skipped or None)
 
 
 class Files:
@@ -85,27 +88,34 @@ GREY = ("L", "1", "I;16", "I", "F", "LA")
 SHOWN = 5  # bad files named in the error; the rest counted
 
 
-def scan(paths, key):
+def scan(paths, labels, key, skip=False):
     """Open every image (its header, and PIL's integrity check of the file) before TensorFlow: a file
     that is not a readable image (garbage, empty, text named .jpg, truncated) is named here, with the
-    others, instead of failing the run hours in with TensorFlow's nameless "Invalid PNG". Returns the
-    channels the folder needs: 1 when every image is grey, else 3 (one grey first image must not make
-    a colour folder grey)."""
+    others, instead of failing the run hours in with TensorFlow's nameless "Invalid PNG"; with `skip`
+    it is left out instead. Returns (the channels the folder needs: 1 when every image is grey, else 3,
+    so one grey first image cannot make a colour folder grey; the paths and labels kept; the skipped
+    files with why)."""
     from PIL import Image
 
-    bad, colour = [], False
-    for path in paths:
+    bad, good, colour = [], [], False
+    for i, path in enumerate(paths):
         try:
             with Image.open(path) as image:
-                colour = colour or image.mode not in GREY
+                grey = image.mode in GREY
                 image.verify()
+            colour = colour or not grey
+            good.append(i)
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for a broken file
             bad.append(f"{path} ({' '.join(str(error).split()) or type(error).__name__})")
+    if bad and skip:
+        if not good:
+            raise ConfigError(f"{key}: none of its {len(paths)} files is a readable image (dataset.on_bad_file=skip).")
+        return (3 if colour else 1), paths[good], labels[good], bad
     if bad:
         more = f", and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
         raise ConfigError(f"{key}: {len(bad)} of {len(paths)} files are not readable images; remove or replace "
-                          f"them: {'; '.join(bad[:SHOWN])}{more}.")
-    return 3 if colour else 1
+                          f"them, or set dataset.on_bad_file=skip: {'; '.join(bad[:SHOWN])}{more}.")
+    return (3 if colour else 1), paths, labels, []
 
 
 def image_shape(first_file, configured, channels):

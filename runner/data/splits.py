@@ -26,6 +26,7 @@ class DataInfo:
     class_counts: Optional[dict] = None  # split -> examples per class
     class_names: Optional[list] = None
     features: Optional[list] = None  # a table's columns, in the order they are encoded
+    skipped: Optional[list] = None  # files left out as unreadable (dataset.on_bad_file=skip), with why
 
     def as_dict(self):
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -52,6 +53,7 @@ class Read:
     class_names: Optional[list] = None
     input_shape: Optional[tuple] = None  # tables: known once partitioned (the training rows' vocabularies)
     features: Optional[list] = None  # tables: the columns, in the order they are encoded
+    skipped: Optional[list] = None  # image folders: the unreadable files left out (dataset.on_bad_file=skip)
 
 
 def need_path(cfg, what):
@@ -96,7 +98,7 @@ def describe(cfg, data, rows):
         name=cfg.name, source=data.source, digest=digest.of(*data.paths), num_classes=num_classes,
         input_shape=tuple(int(s) for s in data.input_shape), examples={k: len(v) for k, v in ys.items()},
         class_counts={k: np.bincount(v, minlength=num_classes).tolist() for k, v in ys.items()},
-        class_names=[str(c) for c in names] if names else None, features=data.features,
+        class_names=[str(c) for c in names] if names else None, features=data.features, skipped=data.skipped,
     )
 
 

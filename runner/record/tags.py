@@ -36,6 +36,7 @@ class Tag:
     VERSION = "runner.version."  # + package: the versions that ran it
     DEVICES = "runner.devices"
     COMMAND = "runner.command"  # the command line as typed (secrets masked): `runner reproduce` prints it
+    SKIPPED_FILES = "runner.skipped_files"  # how many unreadable data files dataset.on_bad_file=skip left out
     USER_TAGS = "runner.tags"  # `tags=[a,b]` from the command line; each is also a tag of its own
 
 

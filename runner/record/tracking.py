@@ -60,6 +60,11 @@ def log_start(cfg, model, job, data_info):
                      Tag.NOTE: describe(cfg, job.choices or {})})
     if cfg.mlflow.log_datasets:
         inputs.log_datasets(cfg.dataset, data_info)
+    if data_info is not None and data_info.skipped:  # dataset.on_bad_file=skip: which files, and why
+        mlflow.log_text("\n".join(data_info.skipped) + "\n", "data/skipped_files.txt")
+        mlflow.set_tag(Tag.SKIPPED_FILES, str(len(data_info.skipped)))
+        print(f"runner: {len(data_info.skipped)} unreadable files skipped (dataset.on_bad_file=skip); the run's "
+              "data/skipped_files.txt names them", flush=True)
     _start_early(cfg, job.cwd)
 
 
