@@ -104,18 +104,30 @@ def expand(client, run_ids):
 def differences(runs):
     """{section: [(key, [value per run])]}, only the keys whose values differ."""
 
-    def differing(values_of):
+    def differing(values_of, recorded_only=False):
         keys = sorted(set().union(*(values_of(r).keys() for r in runs)))
         rows = [(k, [values_of(r).get(k, "—") for r in runs]) for k in keys]
-        return [(k, v) for k, v in rows if len(set(map(str, v))) > 1]
+        # recorded_only: a value one run never recorded (a killed run ends before its version tags) is
+        # not a difference; two recorded values that differ are
+        return [(k, v) for k, v in rows if len({str(x) for x in v if not (recorded_only and x == "—")}) > 1]
 
     code = (Tag.GIT_COMMIT, Tag.GIT_BRANCH, Tag.GIT_DIRTY, Tag.CONFIG_HASH)
     return {
         "config": differing(lambda r: {k: v for k, v in r.data.params.items() if "." in k}),
         "datasets": differing(lambda r: {f"{i.tags[0].value if i.tags else '?'}": f"{i.dataset.name}@{i.dataset.digest}"
                                          for i in r.inputs.dataset_inputs}),
-        "code": differing(lambda r: {k: v for k, v in r.data.tags.items() if k in code or k.startswith(Tag.VERSION)}),
+        "code": differing(lambda r: {k: v for k, v in r.data.tags.items() if k in code or k.startswith(Tag.VERSION)},
+                          recorded_only=True),
     }
+
+
+def status_rows(client, runs):
+    """[(what, [value per run])]: how each run ended and how many epochs it trained, so a KILLED or
+    stopped run never reads as final."""
+    trained = [len(client.get_metric_history(r.info.run_id, "loss")) for r in runs]
+    planned = [r.data.params.get("epochs", "?") for r in runs]
+    return [("status", [r.info.status for r in runs]),
+            ("epochs trained", [f"{t} of {p}" for t, p in zip(trained, planned)])]
 
 
 def metric_rows(runs):
@@ -155,7 +167,7 @@ def _names(runs):
 def compare_text(client, runs):
     """The terminal view: differing config keys, metric deltas, datasets and code when they differ."""
     names = _names(runs)
-    parts = [f"{len(runs)} runs: " + ", ".join(names)]
+    parts = [f"{len(runs)} runs: " + ", ".join(names), _table(["run", *names], [(k, *v) for k, v in status_rows(client, runs)])]
     diff = differences(runs)
     if diff["config"]:
         parts.append(_table(["config key", *names], [(k, *map(_fmt, v)) for k, v in diff["config"]]))
@@ -184,7 +196,8 @@ def compare_html(client, runs):
         body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
         return f"<table border=1 cellpadding=4 style='border-collapse:collapse'><tr>{head}</tr>{body}</table>"
 
-    sections = [f"<h2>config keys that differ</h2>{table(['key', *names], [(k, *map(_fmt, v)) for k, v in diff['config']])}"
+    sections = [f"<h2>runs</h2>{table(['run', *names], [(k, *v) for k, v in status_rows(client, runs)])}"]
+    sections += [f"<h2>config keys that differ</h2>{table(['key', *names], [(k, *map(_fmt, v)) for k, v in diff['config']])}"
                 if diff["config"] else "<h2>config: identical</h2>"]
     sections.append("<h2>metrics (delta vs the first run)</h2>" + table(
         ["metric", *names], [(k, *(f"{_fmt(v)} {_delta(d) if i else ''}" for i, (v, d) in enumerate(zip(vs, ds))))

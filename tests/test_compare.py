@@ -71,3 +71,21 @@ def test_reproduce_prints_the_command(sweep):
 def test_unknown_run_is_one_line_and_status_2(tmp_path):
     done = cli("compare", "nope", "nada", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("runner: no run 'nope'") and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow  # the module's real sweep (15 s)
+def test_compare_shows_how_each_run_ended_and_a_killed_runs_missing_tags_are_no_difference(sweep):
+    tmp, client, _, children, _ = sweep
+    done_run = children[0]
+    # what a run killed in its first epochs leaves: its params, one epoch's metrics, no version tags
+    killed = client.create_run(done_run.info.experiment_id, run_name="killed").info.run_id
+    for key, value in done_run.data.params.items():
+        client.log_param(killed, key, value if key != "epochs" else "5")
+    client.log_metric(killed, "loss", 1.5, step=1)
+    client.set_terminated(killed, "KILLED")
+    done = cli("compare", done_run.info.run_id, killed, cwd=tmp)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.split() == ["status", "FINISHED", "KILLED"] for line in lines), done.stdout
+    assert any(line.split() == ["epochs", "trained", "2", "of", "2", "1", "of", "5"] for line in lines), done.stdout
+    assert "code: identical" in done.stdout  # the killed run never recorded its versions: not a difference
