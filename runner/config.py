@@ -6,6 +6,7 @@ arguments against Keras' own signatures, the layer graph, and value ranges.
 """
 
 import hashlib
+import re
 import importlib.util
 import uuid
 import json
@@ -155,13 +156,22 @@ OmegaConf.register_new_resolver("runner_uid", lambda: uuid.uuid4().hex[:12], use
 OmegaConf.register_new_resolver("runner_directions", objective.optuna_directions, replace=True)  # tune.yaml
 
 
-def validate(cfg: DictConfig) -> Graph:
-    """Check a composed config without TensorFlow; return its layer graph."""
+def resolvable(cfg: DictConfig):
+    """Every value resolves (interpolations, ${oc.env:...}, nothing missing), or one ConfigError naming the key."""
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None)
-        raise ConfigError(f"{key or 'config'}: {str(error).splitlines()[0]}") from error
+        key = getattr(error, "full_key", None) or "config"
+        env = re.search(r"Environment variable '([^']+)' not found", str(error))
+        if env:
+            raise ConfigError(f"{key}: the environment variable {env[1]} is not set (${{oc.env:{env[1]}}}); set it, or "
+                              f"give a default: ${{oc.env:{env[1]},<default>}}.") from error
+        raise ConfigError(f"{key}: {str(error).splitlines()[0]}") from error
+
+
+def validate(cfg: DictConfig) -> Graph:
+    """Check a composed config without TensorFlow; return its layer graph."""
+    resolvable(cfg)
     _one_of("model.style", cfg.model.style, STYLES, "model-style")
     _one_of("loop.name", cfg.loop.name, LOOPS, "loop")
     _one_of("dataset.name", cfg.dataset.name, DATASETS, "dataset")

@@ -153,7 +153,8 @@ def hydra_main(cfg):
         cwd=hc.runtime.cwd,
         output_root=hc.runtime.output_dir,
         choices=dict(hc.runtime.choices),
-        overrides=tuple(hc.overrides.task),
+        # as typed: iterating the ListConfig would resolve an override's ${oc.env:...} (its value in the tags)
+        overrides=tuple(OmegaConf.to_container(hc.overrides.task, resolve=False)),
         multirun=multirun,
         threads=_threads_per_job(hc) if multirun else None,
     )

@@ -117,8 +117,9 @@ def checked(cfg, cwd, failed_run=None):
     A sweep job (`failed_run` with multirun set) that fails here still leaves
     a FAILED run beside the others.
     """
-    cfg = _absolute_paths(cfg, cwd)
     try:
+        config.resolvable(cfg)  # an unset ${oc.env:...} is a config error before anything reads the value
+        cfg = _absolute_paths(cfg, cwd)
         cfg, info = data.checked(cfg)  # classes and shapes from the data: a missing data file is the first error
         return cfg, config.validate(cfg), info
     except config.ConfigError as error:

@@ -98,12 +98,12 @@ CLEAN_ENV = ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")  # a developer's shell m
 
 def cli_env(env=None):
     """The environment a test's `runner` command runs in: this checkout importable, the developer's
-    MLflow URI and HYDRA_FULL_ERROR dropped, then `env` on top."""
+    MLflow URI and HYDRA_FULL_ERROR dropped, then `env` on top (a None value: unset)."""
     import os
 
     environment = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
     environment["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), environment.get("PYTHONPATH")) if p)
-    return {**environment, **(env or {})}
+    return {k: v for k, v in {**environment, **(env or {})}.items() if v is not None}
 
 
 def cli(*args, cwd=None, env=None, timeout=600, background=False):

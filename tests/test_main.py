@@ -54,6 +54,27 @@ def test_cli_config_error_is_one_line_and_status_2(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_an_unset_environment_variable_is_one_line_and_status_2(tmp_path):
+    done = cli("dataset.path=${oc.env:RUNNER_TEST_NEVER_SET}", cwd=tmp_path, env={"RUNNER_TEST_NEVER_SET": None})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "runner: config error: dataset.path: the environment variable RUNNER_TEST_NEVER_SET is not set "
+        "(${oc.env:RUNNER_TEST_NEVER_SET}); set it, or give a default: ${oc.env:RUNNER_TEST_NEVER_SET,<default>}."]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_the_record_keeps_the_override_as_typed_not_the_environments_value(tmp_path):
+    from conftest import only_run
+
+    done = cli("note=${oc.env:RUNNER_TEST_NOTE}", "loop.epochs=1", "dataset.limit=200", "loop.verbose=0",
+               "mlflow.log_model=false", cwd=tmp_path, env={"RUNNER_TEST_NOTE": "a private value"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, run = only_run(tmp_path)
+    assert run.data.tags["overrides"].startswith("'note=${oc.env:RUNNER_TEST_NOTE}' loop.epochs=1")
+    assert "a private value" not in run.data.tags["overrides"] + run.data.tags["runner.command"]
+
+
 # ---- a quiet terminal -----------------------------------------------------------------------------
 
 NOISE = ("absl::InitializeLog", "oneDNN custom operations", "Could not find cuda drivers", "cuInit")
