@@ -6,6 +6,7 @@ arguments against Keras' own signatures, the layer graph, and value ranges.
 """
 
 import hashlib
+import posixpath
 import re
 import importlib.util
 import uuid
@@ -169,9 +170,43 @@ def resolvable(cfg: DictConfig):
         raise ConfigError(f"{key}: {str(error).splitlines()[0]}") from error
 
 
+# What MLflow 3 accepts (mlflow.utils.validation), checked here before TensorFlow and MLflow are imported
+MLFLOW_NAME = re.compile(r"^[/\w.\- :]*$")  # tag keys: alphanumerics, _ - . space : /
+MLFLOW_KEY_LENGTH, MLFLOW_TAG_VALUE_LENGTH, MLFLOW_EXPERIMENT_NAME_LENGTH = 250, 8000, 500
+
+
+def mlflow_limits(cfg):
+    """The user's tags, note and experiment name are what MLflow will store: else one ConfigError now,
+    not a FAILED run after TensorFlow loaded and the model built."""
+    for tag in cfg.tags:
+        tag = str(tag)
+        problem = ("is empty" if not tag else f"is {len(tag)} characters, over MLflow's {MLFLOW_KEY_LENGTH}"
+                   if len(tag) > MLFLOW_KEY_LENGTH else None if MLFLOW_NAME.match(tag) and _plain_path(tag)
+                   else "has a character MLflow refuses in a tag name (it takes letters, digits, _ - . : / and spaces, "
+                        "and no leading / or ..)")
+        if problem:
+            fixed = re.sub(r"[^/\w.\- :]", "-", tag).strip("/.")[:MLFLOW_KEY_LENGTH] or "tag"
+            raise ConfigError(f"tags: {tag[:80]!r} {problem}; for example tags=[{fixed}].")
+    if len(",".join(map(str, cfg.tags))) > MLFLOW_TAG_VALUE_LENGTH:
+        raise ConfigError(f"tags: together over MLflow's {MLFLOW_TAG_VALUE_LENGTH} characters; use fewer or shorter tags.")
+    if cfg.note is not None and len(str(cfg.note)) > MLFLOW_TAG_VALUE_LENGTH // 2:
+        raise ConfigError(f"note: {len(str(cfg.note))} characters; keep it under {MLFLOW_TAG_VALUE_LENGTH // 2} (it "
+                          "starts the run's description, an MLflow tag of at most 8000).")
+    name = cfg.mlflow.experiment_name
+    if not name or len(name) > MLFLOW_EXPERIMENT_NAME_LENGTH:
+        raise ConfigError(f"mlflow.experiment_name: {'empty' if not name else f'{len(name)} characters'}; MLflow "
+                          f"takes 1 to {MLFLOW_EXPERIMENT_NAME_LENGTH}.")
+
+
+def _plain_path(name):
+    norm = posixpath.normpath(name)
+    return norm == name and norm != "." and not norm.startswith(("..", "/"))
+
+
 def validate(cfg: DictConfig) -> Graph:
     """Check a composed config without TensorFlow; return its layer graph."""
     resolvable(cfg)
+    mlflow_limits(cfg)
     _one_of("model.style", cfg.model.style, STYLES, "model-style")
     _one_of("loop.name", cfg.loop.name, LOOPS, "loop")
     _one_of("dataset.name", cfg.dataset.name, DATASETS, "dataset")

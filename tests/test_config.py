@@ -81,6 +81,17 @@ def test_experiment_preset_overlays_groups(make_cfg):
         ("loop.strategy=mirored", r"loop.strategy: unknown value 'mirored'.*Did you mean 'mirrored'"),
         ("loop.strategy=multi_worker", r"loop.strategy: multi_worker does not work with loop=fit .*use loop=custom"),
         ("loop.precision=bf16", r"loop.precision: unknown value 'bf16'; choose one of \['float32', 'mixed_bfloat16'"),
+        # what MLflow would refuse only after TensorFlow loaded and the model built (issue 21)
+        ("tags=[v1+aug]", r"tags: 'v1\+aug' has a character MLflow refuses in a tag name .*for example tags=\[v1-aug\]"),
+        ("tags=[\"it's\"]", r"tags: \"it's\" has a character MLflow refuses .*tags=\[it-s\]"),
+        ("tags=[../up]", r"tags: '../up' has a character MLflow refuses .*no leading / or \.\."),
+        (f"tags=[{'t' * 251}]", r"tags: 'tttt.*' is 251 characters, over MLflow's 250"),
+        (f"mlflow.experiment_name={'e' * 501}", r"mlflow.experiment_name: 501 characters; MLflow takes 1 to 500"),
+        (f"note={'n' * 4001}", r"note: 4001 characters; keep it under 4000"),
+        ("dataset.on_bad_file=ignore", r"dataset.on_bad_file: unknown value 'ignore'; choose one of \['error', 'skip'\]"),
+        ("dataset.path=${oc.env:RUNNER_TEST_NEVER_SET}", r"dataset.path: the environment variable RUNNER_TEST_NEVER_SET "
+                                                          r"is not set"),
+        ("loop.epochs=${loop.nope}", r"loop.epochs: .*nope"),
     ],
 )
 def test_bad_values_are_named(make_cfg, override, message):

@@ -97,8 +97,10 @@ def open_store(mlflow_cfg, cwd):
             location = (db.parent / "mlartifacts").as_uri() if db else None
             try:
                 mlflow.create_experiment(mlflow_cfg.experiment_name, artifact_location=location)
-            except mlflow.exceptions.MlflowException:  # created meanwhile by a process on another store lock
-                pass
+            except mlflow.exceptions.MlflowException as error:  # created meanwhile by a process on another store lock?
+                found = mlflow.get_experiment_by_name(mlflow_cfg.experiment_name)
+                if found is None:  # no: MLflow refused it, and says why
+                    raise ConfigError(f"mlflow.experiment_name: MLflow refused it: {error.message}") from error
             found = mlflow.get_experiment_by_name(mlflow_cfg.experiment_name)
     insert_shared(landing.set_view, client(), found.experiment_id, found.tags)  # a write only when new
     return found.experiment_id
