@@ -114,6 +114,51 @@ def _fsync(path):
         os.close(fd)
 
 
+def verify(directory, run_id):
+    """Check a run's last checkpoint before `resume` touches the run: the manifest reads, belongs to
+    `run_id` and names a model whose files (config.json, model.weights.h5, best weights) are whole. A
+    damaged file is one ConfigError that names it and what is wrong; the run stays as it was."""
+    import h5py
+
+    directory = Path(directory)
+    manifest = directory / STATE
+    try:
+        state = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"resume: no checkpoint in {directory}: the run ended before its first epoch.") from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"resume: the checkpoint manifest {manifest} is damaged ({_why(error)}); "
+                          f"this run cannot continue from it: start it again.") from None
+    if not isinstance(state, dict) or state.get("run_id") != run_id:
+        raise ConfigError(
+            f"resume: the checkpoint in {directory} belongs to run {state.get('run_id') if isinstance(state, dict) else None!r}, "
+            f"not {run_id!r}; refusing to continue one run from another's weights.")
+    model = directory / str(state.get("model"))
+    files = [model / "config.json", model / "model.weights.h5",
+             *(directory / f for f in (state.get("best_weights") or {}).values())]
+    for path in files:
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix == ".h5":
+                with h5py.File(path, "r") as weights:  # every array read: a truncated file fails here
+                    weights.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
+            else:
+                with np.load(path, allow_pickle=False) as saved:
+                    [saved[k] for k in saved.files]
+        except FileNotFoundError:
+            raise ConfigError(f"resume: the checkpoint file {path}, named by {manifest}, is missing; this run "
+                              "cannot continue from it: start it again.") from None
+        except Exception as error:  # h5py, json and numpy each raise their own kinds for a damaged file
+            raise ConfigError(f"resume: the checkpoint file {path} is damaged ({_why(error)}); this run cannot "
+                              "continue from it: start it again.") from None
+    return state
+
+
+def _why(error):
+    return " ".join(str(error).split())[:200] or type(error).__name__
+
+
 def load(directory, run_id, custom_layers=()):
     """(model with optimizer state, manifest) of the last complete epoch in `directory`, checked to
     belong to `run_id`. Loaded in Keras' safe mode, with the run's own custom layer modules imported

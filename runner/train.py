@@ -93,6 +93,9 @@ def plan_record(cfg, graph, info, job):
     experiment_id = record.open_store(cfg.mlflow, job.cwd)  # imports MLflow (1.7 s): the config is good
     if cfg.resume:
         _, run_dir = record.resumable_run(cfg.resume, job.overrides)
+        from runner import checkpoints  # imports Keras: the run is checked before it is touched
+
+        checkpoints.verify(run_dir.checkpoints, cfg.resume)
         record.set_output_dir(cfg.resume, run_dir)
         cfg = config.load(run_dir.config, resume=cfg.resume, mlflow=cfg.mlflow, loop={"verbose": cfg.loop.verbose})
         return Plan(*checked(cfg, job.cwd), experiment_id, None, record.resumed_tags(job.overrides), run_dir=run_dir)

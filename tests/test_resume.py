@@ -189,3 +189,31 @@ def test_a_second_sigterm_during_cleanup_still_ends_the_run_killed(tmp_path):
     assert proc.returncode == 143, err
     client, found = only_run(tmp_path)
     assert found.info.status == "KILLED"
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage, named, why", [
+    (lambda d: _truncate(d / "epoch-0001" / "model.weights.h5"), "epoch-0001/model.weights.h5", r"is damaged \("),
+    (lambda d: (d / "state.json").write_text(""), "state.json", "manifest .* is damaged \\(Expecting value"),
+    (lambda d: [p.unlink() for p in (d / "epoch-0001").iterdir() if p.is_file()], "epoch-0001/config.json",
+     "named by .*state.json, is missing"),
+], ids=["truncated weights", "empty manifest", "missing epoch files"])
+def test_a_damaged_checkpoint_is_one_line_and_leaves_the_run_as_it_was(make_cfg, store, tmp_path, monkeypatch,
+                                                                         damage, named, why):
+    import re
+
+    client, found = stopped_run(make_cfg, store, tmp_path, monkeypatch)
+    before = client.get_run(found.info.run_id)
+    directory = Path(before.data.tags["runner.output_dir"]) / "checkpoints"
+    damage(directory)
+    done = cli(f"resume={found.info.run_id}", f"mlflow.tracking_uri={store}", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("runner: config error: resume: ") and named in line and re.search(why, line), line
+    after = client.get_run(found.info.run_id)
+    assert after.info.status == before.info.status == "KILLED"
+    assert after.data.tags == before.data.tags and after.info.end_time == before.info.end_time
