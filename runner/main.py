@@ -159,9 +159,12 @@ def hydra_main(cfg):
         threads=_threads_per_job(hc) if multirun else None,
     )
     if multirun:
+        signals.watch_launcher()  # a job in the parallel launcher's worker: ends with its launcher
         _progress(hc.job.num, " ".join(job.overrides))
     elif cfg.sweep.seeds > 1:
         _failed(ConfigError("sweep.seeds: runs each point of a sweep with that many seeds; add -m (runner -m ...)."), False)
+    if cfg.sweep.seeds < 1:  # before the loop over seeds, which would otherwise do nothing
+        _failed(ConfigError(f"sweep.seeds: must be a positive integer (seeds per point), got {cfg.sweep.seeds}."), False)
     found = []
     for seed in objective.seeds(cfg):  # one run per seed of this point (sweep.seeds), one after another
         one = cfg if cfg.sweep.seeds == 1 else _with_seed(cfg, seed)
@@ -178,6 +181,9 @@ def hydra_main(cfg):
                 # the job as ended, so the sweep goes on with its other jobs (an exit leaves no result,
                 # and the launcher waits for one).
                 return None
+            if signals.launcher_gone():  # a parallel worker whose sweep was killed: nothing left to serve
+                sys.stdout.flush(), sys.stderr.flush()
+                os._exit(143)
             sys.exit(143 if isinstance(error, signals.Terminated) else 130)
     return _objective_value(cfg, found)
 

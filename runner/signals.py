@@ -8,8 +8,10 @@ deferred block ends. Blocking the signal with pthread_sigmask is not enough:
 the kernel hands a process-wide signal to any thread that does not block it.
 """
 
+import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 
 
@@ -74,3 +76,27 @@ def deferred():
         if not _depth and _pending is not None:
             error, _pending = _pending, None
             raise error
+
+
+def watch_launcher(environ=os.environ):
+    """In a sweep job that runs in a child of the sweep's launcher (the parallel launcher's workers):
+    when the launcher dies (`kill -9`), end this job as after SIGTERM (its run KILLED, its checkpoint
+    kept) within a second or two, then leave: no worker outlives its sweep. Elsewhere, nothing."""
+    launcher, parent = environ.get("RUNNER_SWEEP_PID"), os.getppid()
+    if launcher != str(parent) or any(t.name == "runner-launcher-watch" for t in threading.enumerate()):
+        return
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # the run ends KILLED through _handler
+        time.sleep(120)  # its ending written by then; a worker has no sweep left to serve
+        os._exit(143)
+
+    threading.Thread(target=watch, name="runner-launcher-watch", daemon=True).start()
+
+
+def launcher_gone(environ=os.environ):
+    """True in a job that watch_launcher watches (a child of the sweep's launcher) once that launcher died."""
+    watched = any(t.name == "runner-launcher-watch" for t in threading.enumerate())
+    return watched and str(os.getppid()) != environ.get("RUNNER_SWEEP_PID")

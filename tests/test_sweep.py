@@ -4,6 +4,8 @@ import os
 import statistics
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -85,6 +87,41 @@ def test_parallel_jobs_lose_nothing_and_resume_reruns_only_what_is_missing(tmp_p
     new_children = [c for p, cs in families.items() if p != parent_id for c in cs]
     assert [c.info.run_name for c in new_children] == [failed.info.run_name]  # only the failed point re-ran
     assert "4 of 4 jobs FINISHED" in again.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_killed_parallel_sweep_leaves_no_worker_alive_and_no_job_running(tmp_path, how):
+    import signal
+
+    import psutil
+
+    proc = cli("-m", "hydra/launcher=parallel", "optimizer=adam,sgd", "loop.epochs=500", "dataset.limit=300",
+               "loop.verbose=0", "mlflow.log_model=false", cwd=tmp_path, background=True)
+    deadline = time.monotonic() + 240
+    while True:  # both jobs are training and logging
+        try:
+            children = next(iter(family(tmp_path)[1].values()), [])
+        except Exception:  # the launcher is creating the store: not readable yet
+            children = []
+        if len(children) == 2 and all("loss" in c.data.metrics for c in children):
+            break
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(1)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) >= 2
+    proc.send_signal(getattr(signal, how))
+    proc.communicate(timeout=120)
+    gone, alive = psutil.wait_procs(workers, timeout=60)  # within seconds of their launcher's end
+    assert not alive, [w.cmdline()[-3:] for w in alive]
+    client, families, runs = family(tmp_path)
+    ((parent_id, children),) = families.items()
+    assert {c.info.status for c in children} == {"KILLED"}, {c.info.run_name: c.info.status for c in children}
+    for child in children:
+        assert child.data.tags["error"] == "Terminated: terminated by SIGTERM"
+        assert list((Path(child.data.tags["runner.output_dir"]) / "checkpoints").glob("epoch-*"))  # resumable
+    if how == "SIGTERM":  # the launcher ended its parent; after kill -9 the next runner on the store does
+        assert runs[parent_id].info.status == "KILLED"
 
 
 @pytest.mark.slow

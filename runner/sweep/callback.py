@@ -9,6 +9,7 @@ other machines nest too, and two sweeps started in the same second never mix.
 
 import atexit
 import os
+import signal
 import sys
 import time
 
@@ -16,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from runner import record
+from runner import record, signals
 from runner.config import fingerprint
 from runner.errors import ConfigError
 from runner.record.redaction import redact_override
@@ -77,8 +78,10 @@ class SweepCallback(Callback):
         self.parent = client.create_run(experiment_id, run_name=f"sweep {' '.join(shown)}"[:250], tags=tags).info.run_id
         self.skip_finished = config.sweep.skip_finished
         atexit.register(self._abandoned)  # Ctrl-C or a kill skips on_multirun_end: still end the parent
+        signal.signal(signal.SIGTERM, _terminated)  # `kill` of the launcher: its workers end their runs first
         print(f"runner: sweep of {len(cfgs) or 'an open number of'} jobs, MLflow parent run {self.parent}", flush=True)
-        os.environ.update(RUNNER_SWEEP_POINTS=str(len(cfgs) or ""), RUNNER_SWEEP_STARTED=str(time.time()))  # job i of n, ETA
+        os.environ.update(RUNNER_SWEEP_POINTS=str(len(cfgs) or ""), RUNNER_SWEEP_STARTED=str(time.time()),  # job i of n, ETA
+                          RUNNER_SWEEP_PID=str(os.getpid()))  # a job in a child process watches for its end
 
     def on_multirun_end(self, config: DictConfig, **kwargs):
         if self.parent is None:
@@ -116,6 +119,25 @@ class SweepCallback(Callback):
     def _abandoned(self):
         if self.parent is not None:
             end_abandoned(self.parent, "KILLED", "the sweep was interrupted (Ctrl-C or a kill) before its jobs ended")
+
+
+def _terminated(signum, frame):
+    """SIGTERM to a sweep's launcher: pass it to the job processes it started (parallel launcher), wait
+    for them to end their runs KILLED with their checkpoints, then end the sweep (atexit ends the parent
+    KILLED). Nothing the sweep started outlives it."""
+    import psutil
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second kill must not cut the ending short
+    workers = psutil.Process().children(recursive=True)
+    for worker in workers:
+        try:
+            worker.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(workers, timeout=60)
+    for worker in alive:  # a worker that did not end in a minute is stopped; its run is ended by the next runner
+        worker.kill()
+    raise signals.Terminated("the sweep was terminated (SIGTERM)")
 
 
 def not_run(jobs, max_failures):
