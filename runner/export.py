@@ -76,14 +76,15 @@ def export(model, formats, x, directory, graph, style):
         got = np.asarray(RUNTIMES[fmt](path, x), dtype=np.float32).reshape(reference.shape)
         diff = float(np.max(np.abs(got - reference)))
         agreement = float(np.mean(got.argmax(axis=-1) == reference.argmax(axis=-1)))
-        found[fmt] = {"path": path, "max_abs_diff": diff, "top1_agreement": agreement, "compared": len(x)}
+        found[fmt] = {"path": path, "max_abs_diff": diff, "top1_agreement": agreement, "compared": len(x),
+                      "artifact": f"export/{fmt}/{FILE[fmt]}"}  # where the run's record keeps it
     return found
 
 
 def check(found):
     """Raise ExportMismatch naming every format whose outputs differ from Keras' past TOLERANCE."""
     wrong = [f"{fmt}: the largest difference from Keras is {f['max_abs_diff']:.3g} (tolerance {TOLERANCE:g}), "
-             f"top-1 agreement {f['top1_agreement']:.4f} on {f['compared']} test examples ({f['path']})"
+             f"top-1 agreement {f['top1_agreement']:.4f} on {f['compared']} test examples (the run's {f.get('artifact', f['path'])})"
              for fmt, f in found.items() if not f["max_abs_diff"] <= TOLERANCE]  # NaN fails too
     if wrong:
         raise ExportMismatch("export: " + "; ".join(wrong))

@@ -32,7 +32,7 @@ class Job:
 
 
 def run(cfg, job=None, **fields):
-    """Train and evaluate one config; return its last validation and its test metrics.
+    """Train and evaluate one config; return its last epoch's metrics, its test metrics and num_params.
 
     With `cfg.resume` set to a run id, that run continues from its last
     checkpoint with the config it started with.
@@ -67,8 +67,8 @@ def run(cfg, job=None, **fields):
         elapsed = time.perf_counter() - started
     _summary(active, results, work.model.count_params(), elapsed, record.ui_link(active))
     last_epoch = work.history[-1] if work.history else {}
-    return {**{k: v for k, v in last_epoch.items() if k.startswith("val_")}, **results,
-            "num_params": work.model.count_params()}
+    # every metric an objective may name: the last epoch's (training and validation), the test ones, the size
+    return {**last_epoch, **results, "num_params": work.model.count_params()}
 
 
 @dataclass
@@ -104,7 +104,7 @@ def plan_record(cfg, graph, info, job):
         done = record.finished_run(experiment_id, fingerprint)
         if done:
             print(f"runner: skipped, the identical config already FINISHED as run {done.info.run_id}", flush=True)
-            return Plan(cfg, graph, info, skipped={k: v for k, v in done.data.metrics.items() if k.startswith(("test_", "val_"))})
+            return Plan(cfg, graph, info, skipped=dict(done.data.metrics))  # what it logged: any objective's value
     parent = record.sweep_parent(experiment_id, cfg.sweep.id) if job.multirun else None
     run_name, tags = record.identity(job.choices, job.overrides, fingerprint, parent)
     tags[record.Tag.POINT] = config.fingerprint(cfg, info, point=True)  # the same for every seed of a point

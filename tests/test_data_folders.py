@@ -115,6 +115,22 @@ def test_a_file_that_is_not_a_readable_image_is_named_before_training(tmp_path, 
     assert len(info.skipped) == 1 and info.skipped[0].startswith(f"{bad} (")
 
 
+@pytest.mark.parametrize("kind", ["JPEG", "BMP", "GIF"])
+def test_a_truncated_jpeg_bmp_or_gif_is_caught_too(tmp_path, kind):
+    root = write_images(tmp_path / "img")
+    bad = root / "dark" / f"zz.{kind.lower()}"
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(bad, kind)
+    tf = pytest.importorskip("tensorflow")
+    whole = bad.read_bytes()
+    bad.write_bytes(whole[: len(whole) * 2 // 3])
+    with pytest.raises(tf.errors.InvalidArgumentError):  # what TensorFlow would have hit mid-training
+        tf.io.decode_image(tf.io.read_file(str(bad)), channels=3, expand_animations=False)
+    with pytest.raises(ConfigError, match=rf"1 of 13 files are not readable images; .*{bad} \([Tt]runcated"):
+        data.inspect(folder_cfg(root))
+    bad.write_bytes(whole)
+    assert data.inspect(folder_cfg(root)).examples["train"] > 0  # whole, it passes
+
+
 def test_many_bad_files_are_counted_and_the_first_ones_named(tmp_path):
     root = write_images(tmp_path / "img")
     for i in range(8):

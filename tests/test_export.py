@@ -64,10 +64,14 @@ def test_runner_export_checks_a_finished_runs_model_and_records_it_there(tmp_pat
     done = cli("loop.epochs=1", "dataset.limit=300", "loop.verbose=0", "mlflow.log_figures=false", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     client, found = only_run(tmp_path)
-    exported = cli("export", found.info.run_id, "--format", "litert", cwd=tmp_path)
+    exported = cli("export", found.info.run_id, "--format", "onnx,litert", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert "runner: exported litert: largest difference from Keras" in exported.stdout
-    metrics = client.get_run(found.info.run_id).data.metrics
+    after = client.get_run(found.info.run_id)
+    metrics = after.data.metrics
     assert metrics["export_litert_max_abs_diff"] <= export.TOLERANCE and metrics["export_litert_top1_agreement"] == 1.0
+    assert metrics["export_onnx_max_abs_diff"] <= export.TOLERANCE
+    # the finished run stays as it ended, though its ONNX model was logged into it
+    assert (after.info.status, after.info.end_time) == (found.info.status, found.info.end_time) == ("FINISHED", found.info.end_time)
     wrong = cli("export", found.info.run_id, "--format", "coreml", cwd=tmp_path)
     assert wrong.returncode == 2 and "--format: unknown format 'coreml'" in wrong.stderr

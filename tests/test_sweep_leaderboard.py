@@ -46,6 +46,10 @@ def test_the_lead_is_judged_against_the_seed_noise_by_welchs_test():
     assert verdict.startswith("no: within the seed noise (Welch p=0.")
     one_seed = [job("lr=0.1", "a", 0.9, 0.9), job("lr=0.2", "b", 0.8, 0.8)]
     assert leaderboard.point_rows(one_seed, [("val_accuracy", "max")])[0]["lead"].startswith("unknown: needs 2+ seeds")
+    runner_up_failed = [job("lr=0.1 seed=1", "a", 0.9, 0.9), job("lr=0.1 seed=2", "a", 0.91, 0.9),
+                        job("lr=0.2 seed=1", "b", None, None, status="FAILED")]
+    assert leaderboard.point_rows(runner_up_failed, [("val_accuracy", "max")])[0]["lead"] == \
+        "unknown: the runner-up has no seed that ended well"
 
 
 def test_two_objectives_mark_the_pareto_front_and_rank_it_first():
@@ -67,3 +71,10 @@ def test_importance_is_the_share_of_variance_each_varied_key_explains():
     assert shares["bs"] == pytest.approx(0.0, abs=1e-3) and 0 < shares[importance.NOISE] < 1e-3
     assert "| lr | 1.000 |" in importance.markdown(shares, "val_accuracy")
     assert importance.importance(jobs[:2], "val_accuracy") == {}  # too few jobs to say
+
+
+def test_a_key_whose_values_each_ran_once_is_not_estimable():
+    jobs = [job(f"lr={lr}", f"p{lr}", 0.5 + lr, 0.9) for lr in (0.01, 0.02, 0.03, 0.04)]
+    shares = importance.importance(jobs, "val_accuracy")
+    assert shares == {"lr": None}  # eta squared would be 1 by construction
+    assert "| lr | not estimable: each of its values ran once" in importance.markdown(shares, "val_accuracy")

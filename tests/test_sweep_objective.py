@@ -78,3 +78,42 @@ def test_the_pareto_front_keeps_the_points_no_other_beats_on_both():
     assert objective.pareto([(1.0, 1.0), (1.0, 1.0)], ["max", "min"]) == [0, 1]  # ties dominate neither
     assert objective.reaches(0.95, 0.9, "max") and not objective.reaches(0.95, 0.9, "min")
     assert not objective.reaches(None, 0.9, "max")
+
+
+def test_a_job_returns_its_objective_the_mean_over_its_seeds_whatever_metric_it_names(make_cfg):
+    from runner.main import _objective_value
+
+    found = [{"loss": 0.5, "val_accuracy": 0.8, "num_params": 100.0}, {"loss": 0.7, "val_accuracy": 0.9, "num_params": 100.0}]
+    assert _objective_value(make_cfg("sweep.objective=loss"), found) == pytest.approx(0.6)
+    assert _objective_value(make_cfg(), found) == pytest.approx(0.85)
+    assert _objective_value(make_cfg("sweep.objective={val_accuracy: max, params: min}"), found) == [
+        pytest.approx(0.85), 100.0]
+    assert _objective_value(make_cfg(), []) is None  # every seed failed
+
+
+def test_jobs_that_would_train_the_same_config_are_refused(capsys):
+    from runner.sweep import callback
+
+    expected = {("seed=1",): ("p", ["h1", "h2"]), ("seed=2",): ("p", ["h2", "h3"])}  # seed=1,2 with sweep.seeds=2
+    with pytest.raises(SystemExit) as raised:
+        callback._refuse_shared_runs(expected)
+    assert raised.value.code == 2
+    assert "seed=1 and seed=2 train the same config (a seed both give it" in capsys.readouterr().err
+    callback._refuse_shared_runs({("a=1",): ("p", ["h1"]), ("a=2",): ("q", ["h2"])})  # distinct: nothing
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sweep.seeds=0"], "sweep.seeds: must be a positive integer (seeds per point), got 0"),
+    (["-m", "hydra/sweeper=tune", "sweep.objective=test_accuracy"], "sweep.objective: 'test_accuracy' is measured on the test split"),
+    (["-m", "hydra/sweeper=tune", "sweep.max_failures=2"], "sweep.max_failures: works with the default sweeper"),
+    (["-m", "optimizer=adam,adam"], "sweep: the job optimizer=adam is listed twice"),
+])
+def test_a_sweep_that_cannot_honour_its_settings_stops_at_once(tmp_path, args, message):
+    from conftest import cli
+
+    if "hydra/sweeper=tune" in args:
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    done = cli(*args, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(f"runner: config error: {message}"), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr

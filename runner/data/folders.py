@@ -101,8 +101,9 @@ def scan(paths, labels, key, skip=False):
     for i, path in enumerate(paths):
         try:
             with Image.open(path) as image:
-                grey = image.mode in GREY
-                image.verify()
+                grey, kind = image.mode in GREY, image.format
+                image.verify()  # PNG: every chunk's checksum; other formats: little
+            _whole(path, kind)
             colour = colour or not grey
             good.append(i)
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for a broken file
@@ -116,6 +117,21 @@ def scan(paths, labels, key, skip=False):
         raise ConfigError(f"{key}: {len(bad)} of {len(paths)} files are not readable images; remove or replace "
                           f"them, or set dataset.on_bad_file=skip: {'; '.join(bad[:SHOWN])}{more}.")
     return (3 if colour else 1), paths, labels, []
+
+
+def _whole(path, kind):
+    """The end of a JPEG, BMP or GIF file is there (PIL's verify does not look): a truncated one raises."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+        size = f.seek(0, 2)
+        f.seek(max(0, size - 64))
+        tail = f.read().rstrip(b"\x00\r\n\t ")
+    if kind == "JPEG" and not tail.endswith(b"\xff\xd9"):
+        raise OSError("truncated JPEG: no end-of-image marker")
+    if kind == "BMP" and int.from_bytes(head[2:6], "little") > size:
+        raise OSError(f"truncated BMP: {size} bytes of the {int.from_bytes(head[2:6], 'little')} its header states")
+    if kind == "GIF" and not tail.endswith(b";"):
+        raise OSError("truncated GIF: no trailer")
 
 
 def image_shape(first_file, configured, channels):

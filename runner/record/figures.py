@@ -154,14 +154,18 @@ def sweep_curves(histories, metric):
     fig = Figure(figsize=(7, 4), dpi=DPI, layout="constrained")
     ax = fig.subplots()
     for label, runs in histories.items():
-        length = min((len(r) for r in runs if r), default=0)
+        runs = [r for r in runs if r]
+        length = max((len(r) for r in runs), default=0)
         if not length:
             continue
-        values = np.array([r[:length] for r in runs if r])
-        epochs, mean = np.arange(1, length + 1), values.mean(axis=0)
-        (line,) = ax.plot(epochs, mean, "-o", markersize=3, label=f"{label[:60] or '(no overrides)'} (n={len(values)})")
-        if len(values) > 1:
-            std = values.std(axis=0, ddof=1)
+        values = np.full((len(runs), length), np.nan)  # a seed stopped early (pruned, early stopping) ends its row
+        for i, r in enumerate(runs):
+            values[i, :len(r)] = r
+        epochs, mean = np.arange(1, length + 1), np.nanmean(values, axis=0)
+        (line,) = ax.plot(epochs, mean, "-o", markersize=3, label=f"{label[:60] or '(no overrides)'} (n={len(runs)})")
+        if len(runs) > 1:
+            columns = [c[~np.isnan(c)] for c in values.T]
+            std = np.array([c.std(ddof=1) if len(c) > 1 else 0.0 for c in columns])
             ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} of every point: mean over its seeds ± 1 std")
     ax.grid(alpha=0.3)
@@ -272,6 +276,6 @@ def log_sweep(client, parent_id, rows, columns, names, jobs_table=None, keys=())
         for row in rows:
             histories[row["overrides"]] = [
                 [v for _, v in sorted((m.step, m.value) for m in client.get_metric_history(job["run_id"], metric))]
-                for job in row["jobs"] if job.get("run_id")]
+                for job in row.get("ended", row["jobs"]) if job.get("run_id")]  # the seeds that ended well
         client.log_figure(parent_id, sweep_curves(histories, metric), f"figures/{metric}.png")
     client.log_table(parent_id, {c: [row.get(c) for row in rows] for c in columns}, "leaderboard.json")

@@ -22,18 +22,24 @@ def logged_model(client, run):
              if m.name != ONNX_MODEL]
     if not found:
         raise ConfigError(f"run {run.info.run_id} has no logged model (it ran with mlflow.log_model=false, or "
-                          "ended before its model was saved); register a run that logged one.")
+                          "ended before its model was saved); choose a run that logged one.")
     return max(found, key=lambda m: m.creation_timestamp)
 
 
 def register(client, run, name, description):
     """A new version of registered model `name` from the run's logged model, aliased champion."""
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+    from runner.sweep.objective import registered_name
+
+    registered_name(name, "NAME")
     model = logged_model(client, run)
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
         client.create_registered_model(name)
     version = client.create_model_version(name, source=model.model_uri, run_id=run.info.run_id,
                                           model_id=model.model_id, description=description)

@@ -314,11 +314,16 @@ def log_exports(client, run_id, found):
     if "onnx" in found:
         import onnx
 
+        model = onnx.load(str(found["onnx"]["path"]))
         active = mlflow.active_run()
-        if active is None or active.info.run_id != run_id:
+        if active is not None and active.info.run_id == run_id:
+            return _log_onnx(model)
+        ended = client.get_run(run_id).info  # a finished run (runner export): log into it, then end it as it was
+        try:
             with mlflow.start_run(run_id=run_id):
-                return _log_onnx(onnx.load(str(found["onnx"]["path"])))
-        return _log_onnx(onnx.load(str(found["onnx"]["path"])))
+                return _log_onnx(model)
+        finally:
+            client.set_terminated(run_id, ended.status, end_time=ended.end_time)
 
 
 def _log_onnx(model):

@@ -41,12 +41,19 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs):
         import hydra
 
+        try:  # the objective, seeds, guards and registry name, for any sweeper, before the parent run exists
+            objective.validate(config)
+        except ConfigError as error:
+            _refuse(str(error))
+
         overrides = list(config.hydra.overrides.task)
         cwd = config.hydra.runtime.cwd
         target = str(config.hydra.sweeper.get("_target_", ""))
         grid = target.endswith(("BasicSweeper", "GridSweeper"))
-        if config.sweep.points and not target.endswith("GridSweeper"):
-            _refuse(f"sweep.points: runs a list of points with the default sweeper; {target} chooses its own.")
+        for key in ("points", "max_failures", "max_params"):  # what only the default sweeper's preflight and loop do
+            if config.sweep[key] is not None and not target.endswith("GridSweeper"):
+                _refuse(f"sweep.{key}: works with the default sweeper (a grid, or sweep.points); {target} chooses and "
+                        "launches its own trials.")
         cfgs = {}
         self.varying = varying(overrides)
         if grid:
@@ -56,10 +63,14 @@ class SweepCallback(Callback):
                 _refuse(str(error))
             if config.sweep.points:
                 self.varying = points.varying(jobs)
+            twice = next((job for i, job in enumerate(jobs) if job in jobs[:i]), None)
+            if twice is not None:
+                _refuse(f"sweep: the job {_shown(twice)} is listed twice; each point runs once (sweep.seeds repeats it).")
             for job in jobs:
                 cfgs[tuple(job)] = hydra.compose(config_name=config.hydra.job.config_name, overrides=job)
             good = preflight(cfgs, cwd, build=config.sweep.preflight)
             self.expected = {point: _fingerprints(*good[point]) if point in good else (None, None) for point in cfgs}
+            _refuse_shared_runs(self.expected)
         storage = config.hydra.sweeper.get("storage")
         if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower() and isinstance(storage, str):
             stamp_optuna_storage(storage)
@@ -95,12 +106,12 @@ class SweepCallback(Callback):
             reason = not_run(jobs, config.sweep.max_failures)
             rows = point_rows(jobs, objectives)
             table = leaderboard(rows, names)
-            failed = sum(j["status"] not in ENDED_WELL for j in jobs)
+            failed = sum(j["status"] not in ENDED_WELL for j in jobs)  # failed, killed, missing or not run
             pruned = sum(j["status"] == PRUNED for j in jobs)
             summary = (f"{len(jobs) - failed} of {len(jobs)} jobs FINISHED" + (f" ({pruned} pruned)" if pruned else "")
                        + (f", {failed} not" if failed else "") + (f"; {reason}" if reason else ""))
             ranked = " and ".join(f"{name} ({direction})" for name, direction in objectives)
-            shares = importance.importance(jobs, names[0])
+            shares = importance.importance([j for j in jobs if j["status"] in ENDED_WELL], names[0])
             mattered = f"\n{importance.markdown(shares, names[0])}" if shares else ""
             print(f"\nranked by {ranked}, the mean over each point's seeds (test metrics: reported, never ranked)"
                   f"\n{table}\n{summary}{mattered}", flush=True)
@@ -156,6 +167,19 @@ def _refuse(message):
     into a warning and goes on)."""
     print(f"runner: config error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _refuse_shared_runs(expected):
+    """Two jobs that would train the very same config (a seed both lists give it, or points that differ
+    only in a key that does not change the result, such as note) cannot be told apart in the record."""
+    seen = {}
+    for point, (_, digests) in expected.items():
+        for digest in digests or ():
+            if digest in seen:
+                _refuse(f"sweep: {_shown(seen[digest]) or '(no overrides)'} and {_shown(point) or '(no overrides)'} "
+                        "train the same config (a seed both give it, or a key that does not change the result, such "
+                        "as note or loop.verbose); drop one, or use seeds that do not overlap.")
+            seen[digest] = point
 
 
 def _fingerprints(cfg, graph, info):

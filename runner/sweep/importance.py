@@ -39,8 +39,10 @@ def table(jobs, name):
 
 
 def importance(jobs, name):
-    """{key: eta squared} for each key that takes two or more values among the jobs, largest first;
-    the seed's share (what the seeds alone explain once the point is known) as `seed (noise)`."""
+    """{key: eta squared} for each key that takes two or more values among the jobs (that ended well:
+    the caller's choice), largest first; None for a key each of whose values ran once (nothing to
+    compare within a value); the seeds' share (what they alone explain once the point is known) as
+    `seed (noise)`."""
     rows = table(jobs, name)
     values = [v for _, v in rows]
     if len(values) < 3:
@@ -50,13 +52,15 @@ def importance(jobs, name):
     shares = {}
     for key in keys:
         groups = _groups(rows, lambda s: s.get(key))
-        if len(groups) > 1:
+        if len(groups) == len(rows):  # every value ran once: eta squared is 1 by construction, it says nothing
+            shares[key] = None
+        elif len(groups) > 1:
             shares[key] = _between(groups, values) / total if total else 0.0
     points = _groups(rows, lambda s: tuple(sorted((k, v) for k, v in s.items() if k != SEED)))
     if total and len(points) < len(rows):  # several seeds per point: what is within a point is noise
         within = sum(sum((v - statistics.fmean(g)) ** 2 for v in g) for g in points.values())
         shares[NOISE] = within / total
-    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+    return dict(sorted(shares.items(), key=lambda kv: -1 if kv[1] is None else -kv[1]))
 
 
 def _groups(rows, key):
@@ -74,5 +78,7 @@ def _between(groups, values):
 def markdown(shares, name):
     lines = [f"What mattered for {name}: each varied key's share of its variance (eta squared, 0 to 1)", "",
              "| key | share |", "|---|---|"]
-    lines += [f"| {key} | {share:.3f} |" for key, share in shares.items()]
+    lines += [f"| {key} | {share:.3f} |" if share is not None else
+              f"| {key} | not estimable: each of its values ran once (repeat values, or sweep.seeds=N) |"
+              for key, share in shares.items()]
     return "\n".join(lines)

@@ -39,14 +39,16 @@ def job_rows(parent_id, expected=None, keys=(), skip_finished=False):
     client = record.client()
     experiment_id = client.get_run(parent_id).info.experiment_id
     children = record.children(experiment_id, parent_id, client)
-    found = []  # (shown overrides, run or None, status or None)
+    found, used = [], set()  # (shown overrides, run or None, status or None, point id); run ids shown
     if expected:
         for point, (point_id, digests) in expected.items():
             shown = [redact_override(o) for o in point]  # as the job's overrides tag holds them
             for digest in digests or [None]:
-                mine = next((r for r in children if (r.data.tags.get(record.Tag.CONFIG_HASH) == digest if digest else
-                                                     record.decode_overrides(r.data.tags.get(record.Tag.OVERRIDES)) == shown)),
-                            None)
+                mine = next((r for r in children if r.info.run_id not in used and (
+                    r.data.tags.get(record.Tag.CONFIG_HASH) == digest if digest else
+                    record.decode_overrides(r.data.tags.get(record.Tag.OVERRIDES)) == shown)), None)
+                if mine is not None:
+                    used.add(mine.info.run_id)
                 earlier = None if mine or not digest or not skip_finished else record.finished_run(experiment_id, digest)
                 found.append((shown, mine or earlier, "SKIPPED" if earlier else None, point_id))
     else:  # an open search (Optuna): the children are the jobs; their tag is already masked
@@ -81,7 +83,7 @@ def point_rows(jobs, objectives):
         samples = {m: [v for v in (objective.value(j["metrics"], m) for j in ended) if v is not None]
                    for m in (*names, *REPORTED)}
         row = {"overrides": _common(members), "status": _status(members), "n": len(samples[names[0]]),
-               "samples": samples[names[0]], "jobs": members,
+               "samples": samples[names[0]], "jobs": members, "ended": ended,
                "epochs": max((j.get("epochs") or 0 for j in members), default=0) or None,
                "wall_s": round(sum(j.get("wall_s") or 0 for j in members), 1) or None}
         for metric, values in samples.items():
@@ -104,8 +106,10 @@ def point_rows(jobs, objectives):
 
 def lead(leader, runner_up):
     """Is the leader's lead over the runner-up larger than the seed noise? Welch's t-test, two-sided."""
+    if not runner_up:
+        return "unknown: the runner-up has no seed that ended well"
     if len(leader) < 2 or len(runner_up) < 2:
-        return "unknown: needs 2+ seeds per point (sweep.seeds=N)"
+        return "unknown: needs 2+ seeds that ended well per point (sweep.seeds=N)"
     from scipy import stats
 
     p = stats.ttest_ind(leader, runner_up, equal_var=False).pvalue
@@ -135,7 +139,7 @@ def _status(members):
 
 
 def end_parent(parent_id, rows, jobs, files, failed, objectives, shares, reason=None, register=None):
-    """Log the leaderboard files, the best point's objective (and its test metrics, reported), the
+    """(`failed`: the jobs that did not end well, failed or not run: the parent is then FAILED.) Log the leaderboard files, the best point's objective (and its test metrics, reported), the
     figures, what mattered (`shares`: importance.importance), tag the best point's jobs, end the parent."""
     client = record.client()
     for name, text in files.items():
@@ -146,8 +150,9 @@ def end_parent(parent_id, rows, jobs, files, failed, objectives, shares, reason=
     keys = [k for k in shares if k != importance.NOISE]
     if shares:
         client.log_text(parent_id, importance.markdown(shares, names[0]), "leaderboard/importance.md")
-        client.log_table(parent_id, {"key": list(shares), "share": list(shares.values())}, "importance.json")
-    figures.log_sweep(client, parent_id, rows, columns(names), names, importance.table(jobs, names[0]), keys)
+        client.log_table(parent_id, {"key": list(shares), "share": list(shares.values())}, "importance.json")  # None: not estimable
+    ended = [j for j in jobs if j["status"] in ENDED_WELL]
+    figures.log_sweep(client, parent_id, rows, columns(names), names, importance.table(ended, names[0]), keys)
     best = rows[0] if rows and rows[0].get(names[0]) is not None else None
     if best:
         for metric in (*names, *REPORTED):
@@ -161,7 +166,7 @@ def end_parent(parent_id, rows, jobs, files, failed, objectives, shares, reason=
         registered = _register(client, parent_id, best, objectives, *register)
         print(f"runner: {registered}", flush=True)
         client.set_tag(parent_id, record.Tag.REGISTERED, registered)
-    client.set_tag(parent_id, record.Tag.JOBS_FAILED, str(failed))
+    client.set_tag(parent_id, record.Tag.JOBS_FAILED, str(sum(j["status"] in ("FAILED", "KILLED") for j in jobs)))
     if reason:
         client.set_tag(parent_id, record.Tag.ERROR, reason)
     record.retry(client.set_terminated, parent_id, "FAILED" if failed else "FINISHED")

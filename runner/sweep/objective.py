@@ -64,6 +64,8 @@ def validate(cfg):
     if cfg.sweep.register and not cfg.mlflow.log_model:
         raise ConfigError("sweep.register: registers the best job's logged model, but mlflow.log_model=false "
                           "logs none; drop one of the two.")
+    if cfg.sweep.register:
+        registered_name(cfg.sweep.register, "sweep.register")
     if cfg.sweep.register_if is not None and not cfg.sweep.register:
         raise ConfigError("sweep.register_if: a threshold for sweep.register=NAME, which is not set.")
     for key in ("max_failures", "max_params"):
@@ -119,3 +121,10 @@ def pareto(points, directions):
 def reaches(found, threshold, direction):
     """Does the objective's value `found` reach `threshold` (at least for max, at most for min)?"""
     return found is not None and (found >= threshold if direction == "max" else found <= threshold)
+
+
+def registered_name(name, key):
+    """A registered model's name as MLflow's registry takes it (not empty, no / or :), or a ConfigError."""
+    if not str(name).strip() or set(str(name)) & set("/:"):
+        raise ConfigError(f"{key}: {name!r} is not a name the model registry takes (not empty, no / or :).")
+    return str(name)
