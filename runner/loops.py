@@ -49,6 +49,8 @@ def train(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0, class_
 def fit(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0, class_weight=None):
     """`model.fit`, then `model.evaluate` on the test split."""
     train_ds, steps = train
+    if cfg.accumulate_steps > 1 and not tf.distribute.has_strategy():
+        callbacks = [FlushAccumulation(), *callbacks]
     if initial_epoch < cfg.epochs:
         model.fit(
             train_ds,
@@ -76,10 +78,13 @@ def custom(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0, class
         # A user step may add its own metrics (keras.metrics.Mean...) to `metrics`: logged for training only.
         steps_fns = step.make_steps(model, model.loss, model.optimizer, metrics, class_weight, cfg)
     base = {name: metrics[name] for name in step.BASE}
+    pending = getattr(steps_fns[0], "flush", None)  # loop.accumulate_steps: the epoch's last, partial group
     train_step, test_step = (_on_replicas(strategy, f) for f in steps_fns)
+    flush = pending and _on_replicas(strategy, lambda *_: pending())
     if not cfg.eager:
         jit = model.jit_compile  # compile() resolved "auto"
         train_step, test_step = (tf.function(f, jit_compile=jit, reduce_retracing=True) for f in (train_step, test_step))
+        flush = flush and tf.function(flush)
     verbose = 1 if cfg.verbose == "auto" else cfg.verbose
     train_ds, steps = train
     train_ds, val_ds, test_ds = (strategy.experimental_distribute_dataset(d) for d in (train_ds, val_ds, test_ds))
@@ -93,6 +98,8 @@ def custom(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0, class
     for epoch in range(initial_epoch, cfg.epochs):
         callbacks.on_epoch_begin(epoch)
         logs = _run(train_step, batches, metrics, callbacks.on_train_batch_begin, callbacks.on_train_batch_end, model, steps)
+        if flush is not None:
+            flush(None, None)
         val = _run(test_step, val_ds, base)
         logs.update({f"val_{name}": value for name, value in val.items()})
         callbacks.on_epoch_end(epoch, logs)
@@ -100,6 +107,32 @@ def custom(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0, class
             break
     callbacks.on_train_end(logs)
     return {f"test_{name}": value for name, value in _run(test_step, test_ds, base).items()}
+
+
+class FlushAccumulation(keras.callbacks.Callback):
+    """loop=fit with loop.accumulate_steps: Keras' optimizer accumulates across epoch ends, so an epoch
+    whose batches are not a multiple of accumulate_steps would hand its last batches to the next epoch's
+    first update (30 updates in 3 epochs of the digits where batch 128 makes 33). After an epoch's last
+    batch, before validation, this applies the pending group's mean gradient as the optimizer's own
+    update step does, and starts the next epoch on a fresh group. Keras weighs the group's batches
+    equally (exact when the partial batch is alone in its group, as batch 128's last partial batch).
+    Reads the optimizer's accumulators (Keras 3's BaseOptimizer internals; tests/test_step.py checks it)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 != self.params.get("steps"):
+            return
+        optimizer = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
+        every = optimizer.gradient_accumulation_steps
+        pending = int(optimizer._iterations.numpy()) % every  # batches since the last update (`iterations` counts updates)
+        if not pending:
+            return
+        pairs = [(g / pending, v) for g, v in zip(optimizer._accumulated_gradients, optimizer._trainable_variables)
+                 if g is not None]
+        grads, variables = optimizer._clip_gradients([g for g, _ in pairs]), [v for _, v in pairs]
+        optimizer._apply_weight_decay(variables)
+        optimizer._backend_update_step(grads, variables, optimizer.learning_rate)
+        optimizer._backend_reset_gradient_accumulators()
+        optimizer._iterations.assign_add(every - pending)  # the next batch starts a group
 
 
 def _on_replicas(strategy, step_fn):

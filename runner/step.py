@@ -90,12 +90,23 @@ def make_steps(model, loss_fn, optimizer, metrics, class_weight=None, loop_cfg=N
 
 
 def accumulating_step(model, loss_fn, optimizer, metrics, every, table=None):
-    """Adds each batch's gradient / `every` and applies the sum every `every` batches: with equal batches,
-    the gradient of one `every` times larger batch, in the memory of one small batch."""
+    """Adds each batch's gradient weighted by its size, and applies their mean every `every` batches and
+    at the end of each epoch (`train_step.flush`, which the loop calls): the gradient of one `every`
+    times larger batch, the epoch's last, partial group as the last partial batch of the large batch
+    size, in the memory of one small batch."""
     loss_metric, *others = (metrics[name] for name in BASE)
     variables = model.trainable_variables
     sums = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
     count = tf.Variable(0, dtype=tf.int64, trainable=False)
+    examples = tf.Variable(0.0, dtype=tf.float32, trainable=False)
+
+    def apply():
+        optimizer.apply([t / tf.cast(examples, t.dtype) for t in sums], variables)
+        for total in sums:
+            total.assign(tf.zeros_like(total))
+        examples.assign(0.0)
+        count.assign(0)
+        return tf.constant(True)
 
     def train_step(x, y):
         weights = _class_weights(table, y)
@@ -103,20 +114,20 @@ def accumulating_step(model, loss_fn, optimizer, metrics, every, table=None):
             y_pred = model(x, training=True)
             loss = _loss(model, loss_fn, y, y_pred, weights)
             scaled = optimizer.scale_loss(loss)
+        size = tf.cast(tf.shape(y)[0], tf.float32)
         for total, gradient in zip(sums, tape.gradient(scaled, variables)):
-            total.assign_add(gradient / every)
+            total.assign_add(gradient * tf.cast(size, gradient.dtype))
+        examples.assign_add(size)
         count.assign_add(1)
-
-        def apply():
-            optimizer.apply([tf.identity(t) for t in sums], variables)
-            for total in sums:
-                total.assign(tf.zeros_like(total))
-            return tf.constant(True)
-
         tf.cond(count % every == 0, apply, lambda: tf.constant(False))
         _update(loss_metric, others, loss, y, y_pred)
         return loss
 
+    def flush():
+        """The epoch's last group of fewer than `every` batches, applied."""
+        return tf.cond(count > 0, apply, lambda: tf.constant(False))
+
+    train_step.flush = flush
     return train_step
 
 

@@ -106,9 +106,11 @@ def build_model(cfg, graph, total_steps=None):
         model.name = cfg.model.name  # the model YAML's own name (a Keras Applications export carries one)
     checks.output(model, graph, cfg.dataset.num_classes)
     accumulate = cfg.loop.accumulate_steps if cfg.loop.name == "fit" else 1  # loop=custom's step accumulates
-    if cfg.loop.name == "custom" and total_steps and cfg.loop.accumulate_steps > 1:
-        # The custom step applies (and a schedule advances) once per accumulate_steps batches; the
-        # optimizer's own accumulation under fit evaluates the schedule at every batch.
-        total_steps = -(-total_steps // cfg.loop.accumulate_steps)
+    if total_steps and cfg.loop.accumulate_steps > 1:
+        # Each epoch ends its last, partial group: ceil(batches / accumulate_steps) updates an epoch. The
+        # custom step advances a schedule once per update; the optimizer's own accumulation under fit
+        # once per batch, and the flush counts the batches a partial group lacked.
+        groups = cfg.loop.epochs * -(-(total_steps // cfg.loop.epochs) // cfg.loop.accumulate_steps)
+        total_steps = groups if cfg.loop.name == "custom" else groups * cfg.loop.accumulate_steps
     loops.compile_model(model, cfg.optimizer, augment.loss_config(cfg), cfg.loop.jit_compile, total_steps, accumulate)
     return model
