@@ -28,7 +28,7 @@ CURVES = ("val_accuracy", "val_loss")
 
 def cli(argv):
     """`runner compare ...` / `runner reproduce ...`: exit status 0, or 2 with one line on bad input."""
-    parser = argparse.ArgumentParser(prog="runner", description="Compare, reproduce or register runs recorded by runner.")
+    parser = argparse.ArgumentParser(prog="runner", description="Compare, reproduce, register, export runs recorded by runner, or predict with their models.")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
     sub = parser.add_subparsers(dest="command", required=True)
     one = sub.add_parser("compare", help="what differs between runs (or a sweep's parent: its jobs)")
@@ -42,6 +42,11 @@ def cli(argv):
     four = sub.add_parser("export", help="a run's model in other runtimes' formats, each checked against Keras")
     four.add_argument("run", metavar="RUN_ID")
     four.add_argument("--format", required=True, help="comma-separated: tf_saved_model, onnx, litert")
+    five = sub.add_parser("predict", help="label new inputs (an image folder, an .npz, a CSV) with a run's model")
+    five.add_argument("model", metavar="RUN_ID|models:/...")
+    five.add_argument("path", metavar="PATH")
+    five.add_argument("--out", metavar="FILE", help="the predictions' CSV (default: the terminal)")
+    five.add_argument("--top-k", type=int, default=3, help="classes listed per input, most likely first (3)")
     args = parser.parse_args(argv)
     try:
         client = _client(args.tracking_uri)
@@ -56,6 +61,10 @@ def cli(argv):
             from runner.train import export_finished
 
             export_finished(client, _get(client, args.run), [f.strip() for f in args.format.split(",") if f.strip()])
+        elif args.command == "predict":
+            from runner.predict import predict
+
+            predict(client, args.model, args.path, args.out, args.top_k)
         elif args.command == "register":
             print(register(client, _get(client, args.run), args.name))
         else:

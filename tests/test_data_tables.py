@@ -97,3 +97,23 @@ def test_a_csv_trains_in_every_style_and_loop(make_cfg, store, tmp_path, style, 
                    "loop.epochs=3", "loop.verbose=0", f"mlflow.tracking_uri={store}")
     results = run(cfg, cwd=tmp_path)
     assert results["test_accuracy"] > 0.9  # the classes differ by 10 standard deviations in `size`
+
+
+def test_the_json_encoding_is_what_keras_preprocessing_layers_compute():
+    import keras
+
+    from runner.data import tables
+
+    rng = np.random.default_rng(0)
+    columns = {"a": rng.normal(5, 3, 50), "b": rng.integers(0, 9, 50).astype(np.float64),
+               "c": np.array(list("xyz") * 16 + ["x", "w"])}
+    train = np.arange(40)
+    vocab = tables.vocabularies(columns, train)
+    (ours,) = tables.encode(columns, train, vocab)
+    norm = keras.layers.Normalization()
+    norm.adapt(np.stack([columns["a"], columns["b"]], axis=1)[train].astype(np.float32))
+    theirs = np.concatenate([np.asarray(norm(np.stack([columns["a"], columns["b"]], axis=1).astype(np.float32))),
+                             np.asarray(keras.layers.StringLookup(vocabulary=vocab["c"], output_mode="one_hot")(columns["c"]))],
+                            axis=1)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)  # "w" never seen in training: the first (OOV) slot
+    assert ours[-1, 2] == 1.0

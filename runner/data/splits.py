@@ -27,6 +27,7 @@ class DataInfo:
     class_names: Optional[list] = None
     features: Optional[list] = None  # a table's columns, in the order they are encoded
     skipped: Optional[list] = None  # files left out as unreadable (dataset.on_bad_file=skip), with why
+    encoding: Optional[dict] = None  # a table's encoding (tables.encoding): what predict applies to new rows
 
     def as_dict(self):
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -54,6 +55,7 @@ class Read:
     input_shape: Optional[tuple] = None  # tables: known once partitioned (the training rows' vocabularies)
     features: Optional[list] = None  # tables: the columns, in the order they are encoded
     skipped: Optional[list] = None  # image folders: the unreadable files left out (dataset.on_bad_file=skip)
+    encoding: Optional[dict] = None  # tables: the encoding learnt on the training rows
 
 
 def need_path(cfg, what):
@@ -99,6 +101,7 @@ def describe(cfg, data, rows):
         input_shape=tuple(int(s) for s in data.input_shape), examples={k: len(v) for k, v in ys.items()},
         class_counts={k: np.bincount(v, minlength=num_classes).tolist() for k, v in ys.items()},
         class_names=[str(c) for c in names] if names else None, features=data.features, skipped=data.skipped,
+        encoding=data.encoding,
     )
 
 

@@ -1,11 +1,13 @@
 """The tables source: one CSV (or train and test CSVs) with a label column, and scikit-learn's
 bundled tables (wine, breast_cancer, iris).
 
-Reading and typing the columns needs no TensorFlow; `encode` turns the columns
-into one float32 vector per row with Keras preprocessing layers adapted on the
-training split only: `Normalization` for numbers, `StringLookup` one-hot for
-categories (one extra slot for a value the training split never had). The
-model's input is that vector, so all three model styles take it as is.
+Reading, typing and encoding the columns needs no TensorFlow: `encode` turns the
+columns into one float32 vector per row with an encoding learnt on the training
+split only, as Keras' `Normalization` (numbers) and `StringLookup` one-hot
+(categories, one extra slot for a value the training split never had) would.
+The model's input is that vector, so all three model styles take it as is; the
+encoding is plain JSON in the DataInfo, recorded with the run, so `runner
+predict` encodes new rows the same way.
 """
 
 import csv
@@ -42,6 +44,7 @@ def _split(cfg):
     rows = splits.partition(data, cfg)
     vocab = vocabularies(data.x_train, rows[0])
     data.input_shape, data.features = (width(data.x_train, vocab),), list(data.x_train)
+    data.encoding = encoding(data.x_train, rows[0], vocab)
     return data, rows, vocab
 
 
@@ -150,21 +153,39 @@ def width(columns, vocab):
     return sum(1 for v in columns.values() if v.dtype.kind != "U") + sum(len(v) + 1 for v in vocab.values())
 
 
-def encode(columns, train_rows, vocab, *others):
-    """Each of `columns` and `others` (tables of the same columns) as a float32 matrix, with
-    preprocessing adapted on `columns`' `train_rows` only."""
-    import keras  # imports TensorFlow
-
+def encoding(columns, train_rows, vocab):
+    """How a row becomes the model's input, learnt from the training rows only, as plain JSON (the
+    run records it, `runner predict` applies it to new rows): each numeric column standardised by
+    the training rows' mean and variance (Keras' Normalization), each categorical one one-hot over
+    its training values with a first slot for a value never seen (Keras' StringLookup)."""
     numeric = [name for name, v in columns.items() if v.dtype.kind != "U"]
-    layers = {name: keras.layers.StringLookup(vocabulary=vocab[name], output_mode="one_hot") for name in vocab}
-    norm = None
-    if numeric:
-        norm = keras.layers.Normalization()
-        norm.adapt(np.stack([columns[n] for n in numeric], axis=1)[train_rows].astype(np.float32))
+    stacked = np.stack([columns[n] for n in numeric], axis=1)[train_rows].astype(np.float64) if numeric else None
+    return {"numeric": numeric,
+            "mean": stacked.mean(axis=0).tolist() if numeric else [],
+            "variance": stacked.var(axis=0).tolist() if numeric else [],
+            "vocab": {name: list(values) for name, values in vocab.items()}}
 
-    def matrix(table):
-        parts = [np.asarray(norm(np.stack([table[n] for n in numeric], axis=1).astype(np.float32)))] if norm else []
-        parts += [np.asarray(layers[name](table[name])) for name in vocab]
-        return np.concatenate(parts, axis=1).astype(np.float32)
 
-    return [matrix(table) for table in (columns, *others)]
+def apply(spec, table):
+    """One float32 row per example of `table` ({column: values}), encoded as `spec` (encoding's) says."""
+    parts = []
+    if spec["numeric"]:
+        x = np.stack([np.asarray(table[n], dtype=np.float64) for n in spec["numeric"]], axis=1)
+        scale = np.maximum(np.sqrt(np.asarray(spec["variance"])), EPSILON)
+        parts.append((x - np.asarray(spec["mean"])) / scale)
+    for name, values in spec["vocab"].items():
+        index = {v: i + 1 for i, v in enumerate(values)}  # 0: a value the training rows never had
+        hot = np.zeros((len(table[name]), len(values) + 1))
+        hot[np.arange(len(table[name])), [index.get(str(v), 0) for v in table[name]]] = 1.0
+        parts.append(hot)
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+EPSILON = 1e-7  # keras.backend.epsilon(): Normalization's floor on a column's standard deviation
+
+
+def encode(columns, train_rows, vocab, *others):
+    """Each of `columns` and `others` (tables of the same columns) as a float32 matrix, with the
+    encoding learnt on `columns`' `train_rows` only."""
+    spec = encoding(columns, train_rows, vocab)
+    return [apply(spec, table) for table in (columns, *others)]

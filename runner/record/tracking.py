@@ -47,6 +47,9 @@ def system_metrics(mlflow_cfg):
         mlflow.disable_system_metrics_logging()
 
 
+DATA_INFO = "data/data_info.json"  # the run's DataInfo (runner.data.splits), as JSON
+
+
 def log_start(cfg, model, job, data_info):
     """The config (secrets masked), the parameter count, the headline params, the user's tags, the
     description and, when asked, what produced the run (its data: `data_info`, what its check read),
@@ -60,6 +63,8 @@ def log_start(cfg, model, job, data_info):
                      Tag.NOTE: describe(cfg, job.choices or {})})
     if cfg.mlflow.log_datasets:
         inputs.log_datasets(cfg.dataset, data_info)
+    if data_info is not None:  # what `runner predict` needs of the data: class names, shape, a table's encoding
+        mlflow.log_dict(data_info.as_dict(), DATA_INFO)
     if data_info is not None and data_info.skipped:  # dataset.on_bad_file=skip: which files, and why
         mlflow.log_text("\n".join(data_info.skipped) + "\n", "data/skipped_files.txt")
         mlflow.set_tag(Tag.SKIPPED_FILES, str(len(data_info.skipped)))
