@@ -116,6 +116,30 @@ def test_best_checkpoint_restores_the_best_epoch(make_cfg, store, tmp_path):
     assert "(best_checkpoint restored them)" in found.data.tags["runner.test_weights"]
 
 
+@pytest.mark.slow
+def test_the_best_epoch_is_the_logged_model_that_mlflow_finds_by_its_metric(make_cfg, store, tmp_path):
+    cfg = make_cfg("callbacks=best_checkpoint", "loop.epochs=4", "optimizer.learning_rate=0.05", "dataset.limit=300",
+                   "loop.verbose=0", "mlflow.log_figures=false", f"mlflow.tracking_uri={store}")
+    run(cfg, cwd=tmp_path)
+    client, found = only_run(store)
+    restored = int(found.data.metrics["restored_epoch"])
+    (best, *_) = client.search_logged_models([found.info.experiment_id],
+                                             order_by=[{"field_name": "metrics.val_accuracy", "ascending": False}])
+    linked = {m.key: m for m in best.metrics}
+    assert best.source_run_id == found.info.run_id and linked["val_accuracy"].step == restored
+    assert linked["val_accuracy"].value == max(per_epoch(client, found, "val_accuracy"))
+    _digits_npz(tmp_path / "new.npz")  # and runner predict takes it
+    predicted = cli("predict", f"models:/{best.model_id}", "new.npz", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": store})
+    assert predicted.returncode == 0 and predicted.stdout.count("\n") == 6, predicted.stderr[-2000:]
+
+
+def _digits_npz(path):
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    np.savez(path, x=(load_digits().images[:5] * 255 / 16).astype(np.uint8)[..., None])
+
+
 def wait_for_epoch(cwd, proc, epoch, timeout=180):
     import json
     import time

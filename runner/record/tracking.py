@@ -297,7 +297,10 @@ def log_record(work, results, cfg, choices):
         drawn = cfg.mlflow.log_figures and pool.submit(figures.draw_run_figures, work.history, kept, y, probs,
                                                        work.model, tmp)
         sample = (np.stack([kept[i] for i in range(min(2, len(y)))]), probs[:2]) if wanted else None
-        uri = log_model(work.model, cfg, sample, step=len(work.history) or cfg.loop.epochs, summary=summary.result())
+        # at the epoch its weights are from: the best one when best_checkpoint or early stopping restored it,
+        # so MLflow links that epoch's metrics to it and search_logged_models ordered by them finds it
+        step = int(results.get("restored_epoch") or len(work.history) or cfg.loop.epochs)
+        uri = log_model(work.model, cfg, sample, step=step, summary=summary.result())
         if drawn:
             figures.log_drawn(tmp, drawn.result())  # a drawing error is raised here: the run is FAILED
     log_outcome(cfg, choices, results)
