@@ -28,7 +28,7 @@ CURVES = ("val_accuracy", "val_loss")
 
 def cli(argv):
     """`runner compare ...` / `runner reproduce ...`: exit status 0, or 2 with one line on bad input."""
-    parser = argparse.ArgumentParser(prog="runner", description="Compare, reproduce, register, export runs recorded by runner, or predict with their models.")
+    parser = argparse.ArgumentParser(prog="runner", description="Compare, reproduce, register, export runs recorded by runner; predict and evaluate with their models.")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
     sub = parser.add_subparsers(dest="command", required=True)
     one = sub.add_parser("compare", help="what differs between runs (or a sweep's parent: its jobs)")
@@ -47,6 +47,9 @@ def cli(argv):
     five.add_argument("path", metavar="PATH")
     five.add_argument("--out", metavar="FILE", help="the predictions' CSV (default: the terminal)")
     five.add_argument("--top-k", type=int, default=3, help="classes listed per input, most likely first (3)")
+    six = sub.add_parser("evaluate", help="a run's model on another data set, recorded as a new run")
+    six.add_argument("model", metavar="RUN_ID|models:/...")
+    six.add_argument("overrides", nargs="+", metavar="dataset=...", help="the data set, as for training")
     args = parser.parse_args(argv)
     try:
         client = _client(args.tracking_uri)
@@ -65,6 +68,10 @@ def cli(argv):
             from runner.predict import predict
 
             predict(client, args.model, args.path, args.out, args.top_k)
+        elif args.command == "evaluate":
+            from runner.evaluate import evaluate
+
+            evaluate(client, args.model, args.overrides, os.getcwd())
         elif args.command == "register":
             print(register(client, _get(client, args.run), args.name))
         else:

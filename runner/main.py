@@ -128,7 +128,7 @@ from runner.train import Job, run  # noqa: E402
 
 install_log_redaction()  # Hydra's launchers log each job's overrides, secrets included
 
-SUBCOMMANDS = ("compare", "reproduce", "register", "export", "predict")
+SUBCOMMANDS = ("compare", "reproduce", "register", "export", "predict", "evaluate")
 
 # Exit statuses a script can branch on; 130 and 143 follow the shell's 128 + signal number.
 EXIT_STATUS = {ConfigError: 2, TrainingDiverged: 3}

@@ -20,13 +20,13 @@ from runner.record.store import insert_shared
 SPLITS = ("train", "validation", "test")  # the contexts MLflow shows beside each dataset
 
 
-def log_datasets(dataset_cfg, info=None):
-    """Log the three splits as MLflow inputs, with their contexts: `info` is the DataInfo the run's check
-    read (without it, the data of `dataset_cfg` is inspected); return it."""
+def log_datasets(dataset_cfg, info=None, splits=SPLITS):
+    """Log the splits as MLflow inputs, with their contexts: `info` is the DataInfo the run's check
+    read (without it, the data of `dataset_cfg` is inspected); return the datasets logged."""
     info = info or data.inspect(dataset_cfg)
-    datasets = [_dataset(info, split) for split in SPLITS]
-    insert_shared(mlflow.log_inputs, datasets, contexts=list(SPLITS), tags_list=[None] * len(SPLITS))
-    return info
+    datasets = [_dataset(info, split) for split in splits]
+    insert_shared(mlflow.log_inputs, datasets, contexts=list(splits), tags_list=[None] * len(splits))
+    return datasets
 
 
 def _dataset(info, split):
