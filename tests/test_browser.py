@@ -148,5 +148,5 @@ def test_the_runner_view_lands_on_the_metric_columns(ui, page):
         text = visit(page, landing.runs_url(base, "1"), shots / "landing.png", "optimizer=sgd")
     finally:
         page.set_viewport_size({"width": 1600, "height": 1000})
-    assert "shared view" in text and "Sort: test_accuracy" in text
+    assert "shared view" in text and "Sort: val_accuracy" in text
     assert all(column in text for column in ("val_accuracy", "test_loss", "learning_rate", "Metrics", "Parameters"))

@@ -193,8 +193,9 @@ def test_a_sweep_prunes_the_hopeless_rate_and_the_leaderboard_says_so(tmp_path, 
         assert bad.data.tags["runner.pruned"] == "2"
         assert len(client.get_metric_history(bad.info.run_id, "val_loss")) == 2  # of loop.epochs=4
         assert "test_accuracy" in bad.data.metrics  # tested like any other run
-        row = next(line for line in done.stdout.splitlines() if line.startswith("|") and bad.info.run_id in line)
-        assert "| PRUNED | " in row and "| 2 |" in row  # status, and the epochs it ran
+    # the point's row (its two seeds): status, seeds, and the epochs they ran
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| ") and "learning_rate=0.5 |" in line)
+    assert "| PRUNED | 2 | " in row and row.split("|")[-4].strip() == "2", row
     for good in (r for r in jobs if r not in pruned):
         assert len(client.get_metric_history(good.info.run_id, "val_loss")) == 4
     assert "4 of 4 jobs FINISHED (2 pruned)" in done.stdout
@@ -212,7 +213,8 @@ def test_an_optuna_study_in_sqlite_grows_across_sweeps_and_its_trials_are_pruned
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     search = ["hydra/sweeper=tune", "hydra.sweeper.storage=sqlite:///optuna.db", "hydra.sweeper.study_name=lr",
               "hydra.sweeper.n_trials=3", "optimizer.learning_rate=tag(log,interval(1e-3,1.0))", "loop.epochs=3",
-              "sweep.prune=median", "sweep.prune_warmup=1", "sweep.prune_min_siblings=1", *QUICK]
+              "sweep.prune=median", "sweep.prune_monitor=val_loss", "sweep.prune_warmup=1", "sweep.prune_min_siblings=1",
+              *QUICK]
     for seed in (1, 2):  # a fixed sampler seed would propose the first sweep's points again
         done = cli("-m", *search, f"hydra.sweeper.sampler.seed={seed}", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
