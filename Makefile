@@ -45,4 +45,4 @@ bench: ## the benchmarks against plain Keras and their targets (about 20 minutes
 	$(PYTHON) bench/data_memory.py  # image_folder peak RSS at 2,000 and 20,000 images (1 minute)
 
 bench-quick: ## every benchmark section at CI size (a few minutes): checks that they run, the figures are rough
-	$(PYTHON) bench/bench.py --quick --report bench/quick.md
+	$(PYTHON) -m pytest -m bench tests/test_bench.py  # bench/bench.py --quick, every section checked for its figures

@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 
 @pytest.mark.slow
+@pytest.mark.bench  # not in `python -m pytest` (CI): `make bench-quick` runs it, `make bench` the real thing
 def test_quick_bench_reports_every_target(mnist_path, tmp_path):
     import bench
 
