@@ -296,6 +296,7 @@ def fingerprint(cfg, info=None, point=False):
     for key in ("mlflow", "sweep", "resume", "tags", "note", "export"):
         plain.pop(key, None)
     plain["loop"].pop("verbose", None)
+    plain["dataset"].pop("on_bad_file", None)  # how bad files are met: the data's digest says what was read
     plain["model"].pop("description", None)
     plain["_runner"] = version("runner")
     plain["_data"] = info.digest if info is not None else digest.of(plain["dataset"]["path"], plain["dataset"]["test_path"])

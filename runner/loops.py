@@ -49,8 +49,8 @@ def train(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0, class_
 def fit(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0, class_weight=None):
     """`model.fit`, then `model.evaluate` on the test split."""
     train_ds, steps = train
-    if cfg.accumulate_steps > 1 and not tf.distribute.has_strategy():
-        callbacks = [FlushAccumulation(), *callbacks]
+    if cfg.accumulate_steps > 1 and model.distribute_strategy.num_replicas_in_sync == 1:
+        callbacks = [FlushAccumulation(), *callbacks]  # replicas' accumulators: left to Keras (work.build_model)
     if initial_epoch < cfg.epochs:
         model.fit(
             train_ds,
@@ -132,6 +132,11 @@ class FlushAccumulation(keras.callbacks.Callback):
         optimizer._apply_weight_decay(variables)
         optimizer._backend_update_step(grads, variables, optimizer.learning_rate)
         optimizer._backend_reset_gradient_accumulators()
+        for variable in variables:  # the rest of Keras' own update: constraints, the moving average
+            if variable.constraint is not None:
+                variable.assign(variable.constraint(variable))
+        if optimizer.use_ema:
+            optimizer._update_model_variables_moving_average(optimizer._trainable_variables)
         optimizer._iterations.assign_add(every - pending)  # the next batch starts a group
 
 

@@ -158,6 +158,8 @@ def hydra_main(cfg):
         multirun=multirun,
         threads=_threads_per_job(hc) if multirun else None,
     )
+    if multirun and signals.stopping():  # a worker that took its sweep's SIGTERM: no new run for a queued job
+        return None
     if multirun:
         signals.watch_launcher()  # a job in the parallel launcher's worker: ends with its launcher
         _progress(hc.job.num, " ".join(job.overrides))

@@ -105,7 +105,7 @@ def _images(folder, shape, cfg):
     files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in folders.EXTENSIONS)
     if not files:
         raise ConfigError(f"predict: {folder} holds no images ({', '.join(folders.EXTENSIONS)}).")
-    channels, *_ = folders.scan(np.array(files), np.zeros(len(files)), "predict")  # unreadable files named now
+    channels, *_ = folders.scan(np.array(files), np.zeros(len(files)), "predict", fix="remove or replace them")
     if channels == 3 and shape[2] == 1:
         raise ConfigError(f"predict: {folder} holds colour images; the model was trained on grey ones {list(shape)}.")
     from runner.data import pipelines
@@ -139,29 +139,32 @@ def _table(path, info):
         raise ConfigError(f"predict: the model was not trained on a table; give {'an image folder' if len(info['input_shape']) == 3 else 'an .npz'}.")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+            header, *rows = [r for r in csv.reader(f) if r]
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as error:
         raise ConfigError(f"predict: cannot read {path} as CSV: {error}") from None
+    header = [h.strip() for h in header]  # as training reads a header
     wanted = [*spec["numeric"], *spec["vocab"]]
-    have = set(rows[0]) if rows else set()
-    missing = [c for c in wanted if c not in have]
+    missing = [c for c in wanted if c not in header]
     if missing or not rows:
         raise ConfigError(f"predict: {path} lacks the columns {missing} the model was trained on" if missing
                           else f"predict: {path} has no rows.")
-    table = {c: [r[c].strip() for r in rows] for c in wanted}
+    short = next((i for i, r in enumerate(rows) if len(r) != len(header)), None)
+    if short is not None:
+        raise ConfigError(f"predict: {path} line {short + 2} has {len(rows[short])} fields, the header {len(header)}.")
+    at = {c: header.index(c) for c in wanted}
+    table = {c: [r[at[c]].strip() for r in rows] for c in wanted}
     for name in spec["numeric"]:
-        try:
-            table[name] = np.array([float(v) for v in table[name]])
-        except ValueError:
-            bad = next(i for i, v in enumerate(table[name]) if not _number(v))
-            raise ConfigError(f"predict: {path} line {bad + 2}, column {name!r}: {table[name][bad]!r} is not a number.") from None
+        bad = next((i for i, v in enumerate(table[name]) if not _number(v)), None)
+        if bad is not None:
+            raise ConfigError(f"predict: {path} line {bad + 2}, column {name!r}: {table[name][bad]!r} is not a "
+                              "number (training refused empty, NaN and infinite values too).")
+        table[name] = np.array([float(v) for v in table[name]])
     x = tables.apply(spec, table)
     return [str(i + 1) for i in range(len(x))], None, (x[i:i + BATCH] for i in range(0, len(x), BATCH)), len(x)
 
 
 def _number(value):
     try:
-        float(value)
-        return True
+        return np.isfinite(float(value))
     except ValueError:
         return False

@@ -39,8 +39,27 @@ def install():
 _timed_out = None  # submitit's has_timed_out() of this job, when submitit started it
 
 
-def _handler(signum, frame):
+_stopping = False  # this process took a SIGTERM: a sweep job it is handed next returns at once
+
+
+def stopping():
+    """True once this process took a SIGTERM (a parallel sweep's worker whose sweep is ending)."""
+    return _stopping
+
+
+def raise_or_defer(error):
+    """Raise `error` now, or when the outermost deferred() block ends if one is running."""
     global _pending
+    if _depth:
+        _pending = _pending or error
+        return
+    raise error
+
+
+def _handler(signum, frame):
+    global _pending, _stopping
+    if signum == signal.SIGTERM:
+        _stopping = True
     if signum in (signal.SIGTERM, signal.SIGUSR2):
         # Once: a second `kill` (or SLURM's SIGTERM at the limit) while the run records how it ended
         # must not cut that short.

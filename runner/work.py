@@ -106,7 +106,9 @@ def build_model(cfg, graph, total_steps=None):
         model.name = cfg.model.name  # the model YAML's own name (a Keras Applications export carries one)
     checks.output(model, graph, cfg.dataset.num_classes)
     accumulate = cfg.loop.accumulate_steps if cfg.loop.name == "fit" else 1  # loop=custom's step accumulates
-    if total_steps and cfg.loop.accumulate_steps > 1:
+    # built in its strategy's scope: loops.fit flushes a partial group with one replica only
+    flushed = cfg.loop.name == "custom" or tf.distribute.get_strategy().num_replicas_in_sync == 1
+    if total_steps and cfg.loop.accumulate_steps > 1 and flushed:
         # Each epoch ends its last, partial group: ceil(batches / accumulate_steps) updates an epoch. The
         # custom step advances a schedule once per update; the optimizer's own accumulation under fit
         # once per batch, and the flush counts the batches a partial group lacked.

@@ -125,10 +125,30 @@ def test_a_truncated_jpeg_bmp_or_gif_is_caught_too(tmp_path, kind):
     bad.write_bytes(whole[: len(whole) * 2 // 3])
     with pytest.raises(tf.errors.InvalidArgumentError):  # what TensorFlow would have hit mid-training
         tf.io.decode_image(tf.io.read_file(str(bad)), channels=3, expand_animations=False)
-    with pytest.raises(ConfigError, match=rf"1 of 13 files are not readable images; .*{bad} \([Tt]runcated"):
+    with pytest.raises(ConfigError, match=rf"1 of 13 files are not readable images; .*{bad} \(.*[Tt]runcated"):
         data.inspect(folder_cfg(root))
     bad.write_bytes(whole)
     assert data.inspect(folder_cfg(root)).examples["train"] > 0  # whole, it passes
+
+
+def test_valid_images_with_trailing_bytes_pass_and_a_1_bit_bmp_is_refused(tmp_path):
+    root = write_images(tmp_path / "img")
+    for kind in ("JPEG", "GIF"):  # phones append metadata after a JPEG's end; TensorFlow reads them
+        path = root / "dark" / f"tail.{kind.lower()}"
+        Image.fromarray(np.full((12, 10, 3), 60, np.uint8)).save(path, kind)
+        path.write_bytes(path.read_bytes() + b"trailing metadata")
+    assert data.inspect(folder_cfg(root)).examples["train"] > 0
+    Image.fromarray(np.full((12, 10), 255, np.uint8)).convert("1").save(root / "dark" / "mono.bmp")
+    with pytest.raises(ConfigError, match=r"mono.bmp \(a 1-bit BMP, which TensorFlow cannot decode"):
+        data.inspect(folder_cfg(root))
+
+
+def test_skipping_every_file_of_a_class_is_refused(tmp_path):
+    root = write_images(tmp_path / "img", per_class=3)
+    for path in (root / "dark").iterdir():
+        path.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"every file of \[.*dark'\] is unreadable; .* that class would have no"):
+        data.inspect(folder_cfg(root, on_bad_file="skip"))
 
 
 def test_many_bad_files_are_counted_and_the_first_ones_named(tmp_path):

@@ -89,7 +89,7 @@ def table_run(tmp_path_factory):
 
 def test_raw_csv_rows_are_encoded_as_in_training_and_labelled(table_run):
     tmp, run = table_run
-    (tmp / "rows.csv").write_text("colour,size,note\nred,0.4,a\nblue,9.8,b\ngreen,10.5,c\n")  # any order, extra columns
+    (tmp / "rows.csv").write_text("colour, size,note\nred,0.4,a\nblue,9.8,b\ngreen,10.5,c\n")  # any order, extra columns
     done = cli("predict", run.info.run_id, "rows.csv", cwd=tmp)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = list(csv.DictReader(done.stdout.splitlines()))
@@ -100,6 +100,8 @@ def test_raw_csv_rows_are_encoded_as_in_training_and_labelled(table_run):
 @pytest.mark.parametrize("text, message", [
     ("colour\nred\n", r"predict: rows.csv lacks the columns \['size'\] the model was trained on"),
     ("size,colour\nbig,red\n", r"predict: rows.csv line 2, column 'size': 'big' is not a number"),
+    ("size,colour\n1.0,red\nnan,blue\n", r"predict: rows.csv line 3, column 'size': 'nan' is not a number"),
+    ("size,colour\n1.0\n", r"predict: rows.csv line 2 has 1 fields, the header 2"),
 ])
 def test_a_wrong_table_is_one_line_before_any_prediction(table_run, text, message):
     import re

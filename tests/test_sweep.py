@@ -96,8 +96,10 @@ def test_a_killed_parallel_sweep_leaves_no_worker_alive_and_no_job_running(tmp_p
 
     import psutil
 
-    proc = cli("-m", "hydra/launcher=parallel", "optimizer=adam,sgd", "loop.epochs=500", "dataset.limit=300",
-               "loop.verbose=0", "mlflow.log_model=false", cwd=tmp_path, background=True)
+    # 4 jobs on 2 workers: two run, two wait in joblib's queue and must never start
+    proc = cli("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "optimizer=adam,sgd,rmsprop,adamw",
+               "loop.epochs=500", "dataset.limit=300", "loop.verbose=0", "mlflow.log_model=false", cwd=tmp_path,
+               background=True)
     deadline = time.monotonic() + 240
     while True:  # both jobs are training and logging
         try:
@@ -111,11 +113,15 @@ def test_a_killed_parallel_sweep_leaves_no_worker_alive_and_no_job_running(tmp_p
     workers = psutil.Process(proc.pid).children(recursive=True)
     assert len(workers) >= 2
     proc.send_signal(getattr(signal, how))
+    signalled = time.monotonic()
     proc.communicate(timeout=120)
     gone, alive = psutil.wait_procs(workers, timeout=60)  # within seconds of their launcher's end
+    print(f"\n{how}: launcher ended {time.monotonic() - signalled:.1f} s after the signal, workers gone")
+    assert time.monotonic() - signalled < 45  # the workers end their runs in seconds; nothing waits out a timeout
     assert not alive, [w.cmdline()[-3:] for w in alive]
     client, families, runs = family(tmp_path)
     ((parent_id, children),) = families.items()
+    assert len(children) == 2, [c.info.run_name for c in children]  # the queued jobs made no run
     assert {c.info.status for c in children} == {"KILLED"}, {c.info.run_name: c.info.status for c in children}
     for child in children:
         assert child.data.tags["error"] == "Terminated: terminated by SIGTERM"

@@ -88,7 +88,7 @@ GREY = ("L", "1", "I;16", "I", "F", "LA")
 SHOWN = 5  # bad files named in the error; the rest counted
 
 
-def scan(paths, labels, key, skip=False):
+def scan(paths, labels, key, skip=False, fix="remove or replace them, or set dataset.on_bad_file=skip"):
     """Open every image (its header, and PIL's integrity check of the file) before TensorFlow: a file
     that is not a readable image (garbage, empty, text named .jpg, truncated) is named here, with the
     others, instead of failing the run hours in with TensorFlow's nameless "Invalid PNG"; with `skip`
@@ -101,37 +101,44 @@ def scan(paths, labels, key, skip=False):
     for i, path in enumerate(paths):
         try:
             with Image.open(path) as image:
-                grey, kind = image.mode in GREY, image.format
+                grey, kind, mode = image.mode in GREY, image.format, image.mode
                 image.verify()  # PNG: every chunk's checksum; other formats: little
-            _whole(path, kind)
+            _whole(path, kind, mode)
             colour = colour or not grey
             good.append(i)
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for a broken file
             bad.append(f"{path} ({' '.join(str(error).split()) or type(error).__name__})")
     if bad and skip:
-        if not good:
-            raise ConfigError(f"{key}: none of its {len(paths)} files is a readable image (dataset.on_bad_file=skip).")
+        emptied = sorted(set(labels.tolist()) - set(labels[good].tolist()))
+        if emptied:
+            folders = sorted({str(Path(p).parent) for p, label in zip(paths, labels) if label in emptied})
+            raise ConfigError(f"{key}: every file of {folders} is unreadable; with dataset.on_bad_file=skip that "
+                              "class would have no examples. Fix or remove those files.")
         return (3 if colour else 1), paths[good], labels[good], bad
     if bad:
         more = f", and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
-        raise ConfigError(f"{key}: {len(bad)} of {len(paths)} files are not readable images; remove or replace "
-                          f"them, or set dataset.on_bad_file=skip: {'; '.join(bad[:SHOWN])}{more}.")
+        raise ConfigError(f"{key}: {len(bad)} of {len(paths)} files are not readable images; {fix}: "
+                          f"{'; '.join(bad[:SHOWN])}{more}.")
     return (3 if colour else 1), paths, labels, []
 
 
-def _whole(path, kind):
-    """The end of a JPEG, BMP or GIF file is there (PIL's verify does not look): a truncated one raises."""
-    with open(path, "rb") as f:
-        head = f.read(6)
-        size = f.seek(0, 2)
-        f.seek(max(0, size - 64))
-        tail = f.read().rstrip(b"\x00\r\n\t ")
-    if kind == "JPEG" and not tail.endswith(b"\xff\xd9"):
-        raise OSError("truncated JPEG: no end-of-image marker")
-    if kind == "BMP" and int.from_bytes(head[2:6], "little") > size:
-        raise OSError(f"truncated BMP: {size} bytes of the {int.from_bytes(head[2:6], 'little')} its header states")
-    if kind == "GIF" and not tail.endswith(b";"):
-        raise OSError("truncated GIF: no trailer")
+def _whole(path, kind, mode):
+    """What PIL's verify leaves unchecked: a JPEG holds its end-of-image marker after its scan (trailing
+    bytes after it are fine, as TensorFlow reads them); a GIF or BMP decodes whole; a 1-bit BMP, which
+    TensorFlow cannot decode, is refused."""
+    from PIL import Image, ImageSequence
+
+    if kind == "JPEG":
+        data = Path(path).read_bytes()
+        scan = data.find(b"\xff\xda")
+        if scan < 0 or data.find(b"\xff\xd9", scan) < 0:
+            raise OSError("truncated JPEG: no end-of-image marker after its scan")
+    elif kind in ("GIF", "BMP"):
+        if kind == "BMP" and mode == "1":
+            raise OSError("a 1-bit BMP, which TensorFlow cannot decode: save it with 8 or 24 bits per pixel")
+        with Image.open(path) as image:
+            for frame in ImageSequence.Iterator(image):
+                frame.load()  # "image file is truncated" when it is
 
 
 def image_shape(first_file, configured, channels):

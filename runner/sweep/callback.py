@@ -15,7 +15,7 @@ import time
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from runner import record, signals
 from runner.config import fingerprint
@@ -46,7 +46,7 @@ class SweepCallback(Callback):
         except ConfigError as error:
             _refuse(str(error))
 
-        overrides = list(config.hydra.overrides.task)
+        overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)  # as typed: ${oc.env:...} kept
         cwd = config.hydra.runtime.cwd
         target = str(config.hydra.sweeper.get("_target_", ""))
         grid = target.endswith(("BasicSweeper", "GridSweeper"))
@@ -89,7 +89,7 @@ class SweepCallback(Callback):
         self.parent = client.create_run(experiment_id, run_name=f"sweep {' '.join(shown)}"[:250], tags=tags).info.run_id
         self.skip_finished = config.sweep.skip_finished
         atexit.register(self._abandoned)  # Ctrl-C or a kill skips on_multirun_end: still end the parent
-        signal.signal(signal.SIGTERM, _terminated)  # `kill` of the launcher: its workers end their runs first
+        signal.signal(signal.SIGTERM, self._terminated)  # `kill` of the launcher: its workers end their runs first
         print(f"runner: sweep of {len(cfgs) or 'an open number of'} jobs, MLflow parent run {self.parent}", flush=True)
         os.environ.update(RUNNER_SWEEP_POINTS=str(len(cfgs) or ""), RUNNER_SWEEP_STARTED=str(time.time()),  # job i of n, ETA
                           RUNNER_SWEEP_PID=str(os.getpid()))  # a job in a child process watches for its end
@@ -127,28 +127,43 @@ class SweepCallback(Callback):
             sys.exit(1)  # after the table: a sweep with failed jobs must not look green in a script
 
 
+    def _terminated(self, signum, frame):
+        """SIGTERM to a sweep's launcher: pass it to the job processes it started (the parallel launcher's
+        workers), wait until their runs have ended (KILLED, with their checkpoints: at most a minute), stop
+        the workers, then end the sweep (atexit ends the parent KILLED). Nothing the sweep started
+        outlives it; a queued job a worker picks up meanwhile returns at once (signals.stopping)."""
+        import psutil
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second kill must not cut the ending short
+        processes = psutil.Process().children(recursive=True)
+        workers = [p for p in processes if "resource_tracker" not in " ".join(_cmdline(p))]  # loky's tracker ignores it
+        for worker in workers:
+            try:
+                worker.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        client, deadline = record.client(), time.monotonic() + 60
+        experiment_id = client.get_run(self.parent).info.experiment_id
+        while time.monotonic() < deadline and any(
+                r.info.status == "RUNNING" for r in record.children(experiment_id, self.parent, client)):
+            time.sleep(0.5)
+        for process in processes:  # their runs have ended (or a minute passed: the next runner ends them)
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        signals.raise_or_defer(signals.Terminated("the sweep was terminated (SIGTERM)"))
+
     def _abandoned(self):
         if self.parent is not None:
             end_abandoned(self.parent, "KILLED", "the sweep was interrupted (Ctrl-C or a kill) before its jobs ended")
 
 
-def _terminated(signum, frame):
-    """SIGTERM to a sweep's launcher: pass it to the job processes it started (parallel launcher), wait
-    for them to end their runs KILLED with their checkpoints, then end the sweep (atexit ends the parent
-    KILLED). Nothing the sweep started outlives it."""
-    import psutil
-
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second kill must not cut the ending short
-    workers = psutil.Process().children(recursive=True)
-    for worker in workers:
-        try:
-            worker.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(workers, timeout=60)
-    for worker in alive:  # a worker that did not end in a minute is stopped; its run is ended by the next runner
-        worker.kill()
-    raise signals.Terminated("the sweep was terminated (SIGTERM)")
+def _cmdline(process):
+    try:
+        return process.cmdline()
+    except Exception:  # gone, or not ours to read
+        return []
 
 
 def not_run(jobs, max_failures):

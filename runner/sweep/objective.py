@@ -125,6 +125,6 @@ def reaches(found, threshold, direction):
 
 def registered_name(name, key):
     """A registered model's name as MLflow's registry takes it (not empty, no / or :), or a ConfigError."""
-    if not str(name).strip() or set(str(name)) & set("/:"):
+    if not str(name).strip() or set(str(name)) & set("/:") or str(name).strip(".") == "" or str(name).startswith(".."):
         raise ConfigError(f"{key}: {name!r} is not a name the model registry takes (not empty, no / or :).")
     return str(name)
