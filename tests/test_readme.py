@@ -103,9 +103,9 @@ def test_readme_command_runs(command, tmp_path, two_runs):
     words = shlex.split(re.sub(r"<[^>]*>", "<id>", command))  # `<run id>`: one placeholder word
     env = dict(w.split("=", 1) for w in words if re.match(r"^[A-Z_]+=", w))
     words = [w for w in words[len(env) + 1:] if w not in ("...", "[...]")]
-    if "<id>" in words:  # run ids: two real runs, made once for every command that takes ids
+    if "<id>" in words or any(w.startswith("models:/") for w in words):  # run ids: two real runs of the digits
         ids = two_runs(tmp_path)
-        words = [ids.pop(0) if w == "<id>" else w for w in words]
+        words = [ids.pop(0) if w == "<id>" else _digits_input(w, tmp_path) for w in words]
         extra = []
     else:
         words = [_local(w, tmp_path) for w in words]
@@ -119,7 +119,7 @@ def test_readme_command_runs(command, tmp_path, two_runs):
             extra.append("hydra.sweeper.n_trials=2")
     done = cli(*words, *extra, cwd=tmp_path, env=env)
     assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
-    if not words or words[0] not in ("compare", "reproduce", "register"):
+    if not words or words[0] not in ("compare", "reproduce", "register", "export", "predict"):
         assert "MLflow run " in done.stdout or "jobs FINISHED" in done.stdout
 
 
@@ -135,10 +135,32 @@ def two_runs(tmp_path_factory):
             for lr in ("0.001", "0.01"):
                 done = cli("loop.epochs=1", "loop.verbose=0", f"optimizer.learning_rate={lr}", cwd=where)
                 assert done.returncode == 0, done.stderr[-3000:]
+            first = runs(where)[1][0].info.run_id  # models:/digits@champion, as docs/sweeps.md makes it
+            assert cli("register", first, "digits", cwd=where).returncode == 0
         shutil.copytree(made["at"], cwd, dirs_exist_ok=True)
         return [r.info.run_id for r in runs(cwd)[1]]
 
     return into
+
+
+def _digits_input(word, tmp_path):
+    """What a command on the digits model names as input, made for it: a folder of 8x8 grey images
+    (`photos/`), an .npz of digits (`new.npz`, `dataset.path=other.npz`)."""
+    from sklearn.datasets import load_digits
+
+    value = word.partition("=")[2] if word.startswith("dataset.path=") else word
+    digits = load_digits()
+    x = (digits.images * 255 / 16).astype(np.uint8)
+    if value.endswith("/"):
+        from PIL import Image
+
+        (tmp_path / value).mkdir(parents=True, exist_ok=True)
+        for i in range(12):
+            Image.fromarray(x[i]).save(tmp_path / value / f"{i}.png")
+    elif value.endswith(".npz"):
+        np.savez(tmp_path / value, x=x[:50, ..., None], x_train=x[:100, ..., None], y_train=digits.target[:100],
+                 x_test=x[1500:, ..., None], y_test=digits.target[1500:])
+    return word
 
 
 def _mnist():
