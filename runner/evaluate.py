@@ -23,8 +23,9 @@ def evaluate(client, model_ref, overrides, cwd="."):
     run, model_uri = _source(client, model_ref)
     if not any(o.split("=")[0].lstrip("+") in ("dataset", "dataset.path", "dataset.name") for o in overrides):
         raise ConfigError("evaluate: name the data set to evaluate on: dataset=<option> and/or dataset.path=<file>.")
-    with tempfile.TemporaryDirectory(prefix="runner-evaluate-") as tmp:
-        trained = config.load(client.download_artifacts(run.info.run_id, "config.yaml", tmp))
+    from runner.record import logged_config
+
+    trained = logged_config(run.info.run_id)
     cfg = _with_dataset(trained, overrides)
     from runner import data
     from runner.train import _absolute_paths

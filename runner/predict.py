@@ -11,12 +11,10 @@ batch by batch to a CSV (`input`, `predicted`, `probability`, then the top k), s
 
 import csv
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from runner import config
 from runner.errors import ConfigError
 
 BATCH = 256
@@ -24,14 +22,13 @@ BATCH = 256
 
 def predict(client, model_ref, path, out=None, top_k=3):
     """Label every input of `path` with the model `model_ref` (a run id or a models:/ URI)."""
+    from runner.record import logged_config, logged_data_info
+
     run, model_uri = _source(client, model_ref)
-    with tempfile.TemporaryDirectory(prefix="runner-predict-") as tmp:
-        cfg = config.load(client.download_artifacts(run.info.run_id, "config.yaml", tmp))
-        try:
-            info = _json(client.download_artifacts(run.info.run_id, "data/data_info.json", tmp))
-        except Exception:
-            raise ConfigError(f"predict: run {run.info.run_id} has no data/data_info.json (recorded since this "
-                              "version): its inputs' preprocessing is unknown; train it again.") from None
+    cfg, info = logged_config(run.info.run_id), logged_data_info(run.info.run_id)
+    if info is None:
+        raise ConfigError(f"predict: run {run.info.run_id} has no data/data_info.json (recorded since this "
+                          "version): its inputs' preprocessing is unknown; train it again.")
     names, labels, batches, total = _inputs(Path(path), cfg, info)  # checked before any prediction
     import mlflow.keras  # imports TensorFlow
 
@@ -77,12 +74,6 @@ def _source(client, ref):
     if run is None:
         raise ConfigError(f"predict: no run {ref!r} in {client.tracking_uri}: pass --tracking-uri, or run where mlflow.db is.")
     return run, registry.logged_model(client, run).model_uri
-
-
-def _json(path):
-    import json
-
-    return json.loads(Path(path).read_text())
 
 
 def _inputs(path, cfg, info):

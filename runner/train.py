@@ -180,9 +180,7 @@ def export_finished(client, run, formats):
     from runner import data, environment
     from runner.record import registry
 
-    with tempfile.TemporaryDirectory(prefix="runner-export-") as tmp:
-        cfg = config.load(client.download_artifacts(run.info.run_id, "config.yaml", tmp), export=list(formats))
-    cfg, _, info = checked(cfg, ".")
+    cfg, _, info = checked(record.logged_config(run.info.run_id, export=list(formats)), ".")
     environment.setup_devices()
     model = mlflow.keras.load_model(registry.logged_model(client, run).model_uri)
     splits = data.load(cfg.dataset, info)

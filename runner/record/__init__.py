@@ -24,7 +24,7 @@ _EXPORTS = {
     "search": ("children", "finished_run", "sweep_parent", "quoted"),
     "ownership": ("owner", "owner_alive", "close_dead_runs"),
     "rundir": ("RunDir",),
-    "run": ("params", "flatten", "public_yaml", "identity", "resumed_tags", "resumable_run", "started", "end",
+    "run": ("params", "flatten", "public_yaml", "logged_config", "logged_data_info", "identity", "resumed_tags", "resumable_run", "started", "end",
             "set_output_dir", "record_failure"),
     "redaction": ("redact", "redact_override", "redact_uri", "redact_text", "install_log_redaction"),
 }

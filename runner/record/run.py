@@ -1,6 +1,7 @@
 """A run's identity and life: what it is called and tagged, its params, resuming it, starting it and
 ending it with the status its end implies, even when the store is failing."""
 
+import io
 import sys
 import traceback
 from contextlib import contextmanager
@@ -38,6 +39,25 @@ def flatten(tree, prefix=""):
     for key, value in items:
         flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
     return flat
+
+
+CONFIG = "config.yaml"  # the artifact public_yaml writes: the resolved config, secrets masked
+DATA_INFO = "data/data_info.json"  # the run's DataInfo (runner.data.splits), as JSON: what predict needs of its data
+
+
+def logged_config(run_id, **values):
+    """The config run `run_id` logged (its CONFIG artifact), typed by the schema again, with `values` set."""
+    from runner import config
+
+    return config.load(io.StringIO(mlflow.artifacts.load_text(f"runs:/{run_id}/{CONFIG}")), **values)
+
+
+def logged_data_info(run_id):
+    """The DataInfo run `run_id` logged, as a dict; None for a run recorded before it was logged."""
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{DATA_INFO}")
+    except (OSError, mlflow.exceptions.MlflowException):
+        return None
 
 
 def public_yaml(cfg):

@@ -24,7 +24,7 @@ from runner import checkpoints, signals
 from runner.data import augment
 from runner.record import inputs, provenance
 from runner.record.redaction import redact_uri
-from runner.record.run import public_yaml
+from runner.record.run import CONFIG, DATA_INFO, public_yaml
 from runner.record.tags import Tag
 
 # Python packages a served model needs, pinned to what trained it: passed to MLflow so it does not
@@ -47,15 +47,12 @@ def system_metrics(mlflow_cfg):
         mlflow.disable_system_metrics_logging()
 
 
-DATA_INFO = "data/data_info.json"  # the run's DataInfo (runner.data.splits), as JSON
-
-
 def log_start(cfg, model, job, data_info):
     """The config (secrets masked), the parameter count, the headline params, the user's tags, the
     description and, when asked, what produced the run (its data: `data_info`, what its check read),
     as soon as the model exists."""
     with signals.deferred():
-        mlflow.log_text(public_yaml(cfg), "config.yaml")
+        mlflow.log_text(public_yaml(cfg), CONFIG)
         mlflow.log_metric("num_params", model.count_params(), synchronous=True)
         mlflow.log_params(headline(cfg, job.choices or {}, model.count_params()), synchronous=True)
     user = [str(t) for t in cfg.tags]  # each a tag of its own, "true", so the runs table can filter on it
