@@ -9,6 +9,7 @@ RUNNER_VERBOSE=1 shows all of it.
 """
 
 import contextlib
+import errno
 import importlib.abc
 import importlib.util
 import logging
@@ -245,11 +246,20 @@ def compose_error(error):
     return None
 
 
+UNWRITABLE = (errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EDQUOT)
+
+
+def _os_error(error):
+    where = f" ({os.path.abspath(error.filename)})" if error.filename else f" (under {os.getcwd()})"
+    return f"{error.strerror or error}{where}"
+
+
 def _one_line_compose_errors():
     """Hydra reports what fails while composing (an unknown option, a key typo) as a search-path dump
     with exit status 1, from inside its own main; this wraps the one function it reports through
     (hydra._internal.utils.run_and_report, pinned by hydra-core<1.4 and tests/test_main.py)
-    so they read as the runner's config errors: one line, exit status 2."""
+    so they read as the runner's config errors: one line, exit status 2. An output directory Hydra
+    cannot create or write (read-only, full) is one line too, exit status 1."""
     from hydra._internal import utils
 
     report = utils.run_and_report
@@ -261,7 +271,14 @@ def _one_line_compose_errors():
             try:
                 return func()
             except Exception as error:
-                message = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else compose_error(error)
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                if isinstance(error, OSError) and error.errno in UNWRITABLE:
+                    print(f"runner: cannot write the run's output directory: {_os_error(error)}. No job ran"
+                          "; run from a writable directory with free space, or point "
+                          "hydra.run.dir= (hydra.sweep.dir= for -m) at one.", file=sys.stderr)
+                    sys.exit(1)
+                message = compose_error(error)
                 if message is None:
                     raise
                 print(f"runner: {LABEL[ConfigError]}: {message}", file=sys.stderr)

@@ -123,7 +123,7 @@ def _arrays(path, shape, cfg):
 
 
 def _table(path, info):
-    from runner.data import tables
+    from runner import raw_inputs
 
     spec = info.get("encoding")
     if not spec:
@@ -150,7 +150,7 @@ def _table(path, info):
             raise ConfigError(f"predict: {path} line {bad + 2}, column {name!r}: {table[name][bad]!r} is not a "
                               "number (training refused empty, NaN and infinite values too).")
         table[name] = np.array([float(v) for v in table[name]])
-    x = tables.apply(spec, table)
+    x = raw_inputs.encode_table(spec, table)
     return [str(i + 1) for i in range(len(x))], None, (x[i:i + BATCH] for i in range(0, len(x), BATCH)), len(x)
 
 

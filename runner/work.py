@@ -31,6 +31,7 @@ class Work:
     resumed: dict = field(default_factory=dict)  # the checkpoint manifest a resumed run continues from
     test_weights: str = None  # which weights the test metrics come from, once trained
     class_weight: dict = None  # {label: weight} for the loss, both loops
+    data_info: object = None  # data.DataInfo: the data's classes, shape and a table's encoding
 
     @classmethod
     def prepare(cls, cfg, graph, strategy=None, resume_from=None, run_id=None, keep_data=False, data_info=None):
@@ -55,7 +56,8 @@ class Work:
                 model = build_model(cfg, graph, total_steps=train[1] * cfg.loop.epochs)
         val, test = data.pipeline(*splits.val, batch), data.pipeline(*splits.test, batch)
         weights = class_weights.resolve(cfg.dataset.class_weight, splits.train[1], cfg.dataset.num_classes)
-        return cls(cfg, model, train, val, test, run_id, history, state, class_weight=weights)
+        return cls(cfg, model, train, val, test, run_id, history, state, class_weight=weights,
+                   data_info=splits.info or data_info)
 
     def train(self, checkpoint_dir=None, callbacks=()):
         """Train the remaining epochs with the run's callbacks; return the test metrics.

@@ -129,3 +129,41 @@ def test_a_kill_while_a_failed_run_waits_for_its_environment_ends_it_killed_at_o
     found = MlflowClient(store).get_run(active.info.run_id)
     assert found.info.status == "KILLED"
     assert found.data.tags["error"] == "KeyboardInterrupt:  (after RuntimeError: the data loader broke)"
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """mount(name, options): a small tmpfs under tmp_path (root only; skipped elsewhere), unmounted after."""
+    import subprocess
+
+    points = []
+
+    def mount(name, options):
+        point = tmp_path / name
+        point.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True).returncode:
+            pytest.skip("mounting a tmpfs needs root")
+        points.append(point)
+        return point
+
+    yield mount
+    for point in points:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.mark.parametrize("disk", ["read-only", "full"])
+def test_an_output_directory_that_cannot_be_written_is_one_line_and_records_nothing(mounted, tmp_path, disk):
+    if disk == "read-only":
+        where, reason = mounted("ro", "ro,size=1m"), "Read-only file system"
+    else:
+        where, reason = mounted("full", "size=16k"), "No space left on device"
+        with open(where / "filler", "wb") as filler:  # fill it: the first write of Hydra's output fails
+            with pytest.raises(OSError):
+                filler.write(b"\0" * 65536)
+                filler.flush()
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = cli("loop.epochs=1", "dataset.limit=64", f"mlflow.tracking_uri={store}", cwd=where, timeout=120)
+    assert done.returncode == 1, done.stderr[-3000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"runner: cannot write the run's output directory: {reason}") and "hydra.run.dir=" in line
+    assert runs(store)[1] == []  # no run was started

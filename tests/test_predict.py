@@ -130,3 +130,58 @@ def test_an_npz_of_the_trained_shape_is_labelled_and_another_shape_refused(tmp_p
     np.savez(tmp_path / "wide.npz", x=np.zeros((3, 9, 9, 1), np.uint8))
     wrong = cli("predict", run.info.run_id, "wide.npz", cwd=tmp_path)
     assert wrong.returncode == 2 and "has examples of shape [9, 9, 1]; the model takes [8, 8, 1]" in wrong.stderr
+
+
+def _pyfunc(tmp, run):
+    """The run's logged model through MLflow's pyfunc, as a user loads it: (model, its models:/ URI)."""
+    import mlflow
+
+    from conftest import store_uri
+
+    mlflow.set_tracking_uri(store_uri(tmp))
+    (output,) = run.outputs.model_outputs
+    uri = f"models:/{output.model_id}"
+    return mlflow.pyfunc.load_model(uri), uri
+
+
+def test_the_logged_model_takes_image_files_through_pyfunc(folder_run, tmp_path):
+    """The preprocessing travels with the model: pyfunc takes the files' bytes (any size: resized as in
+    training) and answers with class names, as `runner predict` does."""
+    import pandas as pd
+
+    tmp, run = folder_run
+    images(tmp_path / "new", 3, nested=False)
+    Image.fromarray(np.full((40, 24, 3), 230, np.uint8)).save(tmp_path / "new" / "bright_large.png")
+    files = sorted((tmp_path / "new").iterdir())
+    model, _ = _pyfunc(tmp, run)
+    assert [c.name for c in model.metadata.get_input_schema().inputs] == ["image"]
+    answer = model.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
+    assert list(answer.columns) == ["predicted", "probability", "p_bright", "p_dark"]
+    assert list(answer["predicted"]) == [f.name.split("_")[0].rstrip("0123456789.png") for f in files]
+    by_cli = cli("predict", run.info.run_id, str(tmp_path / "new"), cwd=tmp)
+    assert by_cli.returncode == 0, by_cli.stderr[-3000:]
+    cli_rows = {r["input"]: r for r in csv.DictReader(by_cli.stdout.splitlines())}
+    for f, row in zip(files, answer.itertuples()):
+        assert cli_rows[f.name]["predicted"] == row.predicted
+        assert abs(float(cli_rows[f.name]["probability"]) - row.probability) < 1e-4
+    with pytest.raises(Exception, match="image"):
+        model.predict(pd.DataFrame({"image": ["not bytes"]}))
+
+
+def test_the_logged_model_takes_raw_csv_rows_through_pyfunc_and_mlflow_models_serve(table_run):
+    import pandas as pd
+
+    from test_serve import post, served
+
+    tmp, run = table_run
+    rows = pd.DataFrame({"colour": ["red", "blue", "green"], "size": [0.4, 9.8, 10.5], "note": ["a", "b", "c"]})
+    model, uri = _pyfunc(tmp, run)
+    answer = model.predict(rows)  # columns by name, in any order; extra ones ignored; "green" unseen
+    assert list(answer["predicted"]) == ["small", "big", "big"]
+    assert np.allclose(answer[["p_big", "p_small"]].sum(axis=1), 1, atol=1e-5)
+    with pytest.raises(Exception, match="size"):
+        model.predict(rows.drop(columns="size"))
+    with served(uri, f"sqlite:///{tmp / 'mlflow.db'}", tmp) as url:
+        served_answer = post(url, {"dataframe_split": rows.to_dict(orient="split")})["predictions"]
+    assert [r["predicted"] for r in served_answer] == ["small", "big", "big"]
+    assert [round(r["probability"], 5) for r in served_answer] == [round(p, 5) for p in answer["probability"]]

@@ -257,9 +257,22 @@ def test_dead_runs_of_other_hosts_and_containers_are_left_alone(store):
 # ---- resume decisions -----------------------------------------------------------------------
 
 
-def test_resume_refuses_an_override_it_would_ignore(store):
-    with pytest.raises(ConfigError, match=r"resume: a resumed run keeps the config it started with, so 'loop.epochs=9'"):
-        record.resumable_run("abc", ["resume=abc", "loop.epochs=9", "mlflow.experiment_name=x", "loop.verbose=0"])
+def test_resume_refuses_an_override_it_would_ignore_and_takes_one_it_already_has(store, tmp_path):
+    mlflow.set_tracking_uri(store)
+    client = MlflowClient()
+    stopped = client.create_run(mlflow.create_experiment("runner"),
+                                tags={Tag.OUTPUT_DIR: str(tmp_path), "model": "seed_cnn"}).info.run_id
+    client.set_terminated(stopped, "KILLED")
+    (tmp_path / "config.yaml").write_text("loop:\n  epochs: 2\noptimizer:\n  learning_rate: 0.001\n")
+    ignored = ["loop.epochs=9", "model=mlp", "optimizer.learning_rate=1e-2", "+extra=1", "~loop.epochs"]
+    for override in ignored:
+        with pytest.raises(ConfigError, match=r"resume: a resumed run keeps the config it started with, so "
+                                              f"'{re.escape(override)}'"):
+            record.resumable_run(stopped, [f"resume={stopped}", override, "mlflow.experiment_name=x", "loop.verbose=0"])
+    # the command that started it, with resume= added: what it sets, the run already has
+    run, run_dir = record.resumable_run(stopped, [f"resume={stopped}", "loop.epochs=2", "model=seed_cnn",
+                                                  "optimizer.learning_rate=1e-3"])
+    assert run.info.run_id == stopped and run_dir.path == tmp_path
 
 
 def test_resume_refuses_a_run_whose_owner_is_alive(store, tmp_path):

@@ -49,10 +49,15 @@ def test_the_model_loads_through_pyfunc_and_predicts_like_the_trained_one(record
     assert logged.name == "digits_cnn" and logged.source_run_id == found.info.run_id
     assert {m.key for m in logged.metrics} >= {"test_accuracy", "val_accuracy"}  # linked to the run's metrics
     trained = keras.saving.load_model(next((tmp / "out").glob("run-*/checkpoints/epoch-0001")))
-    x = np.random.default_rng(0).random((7, 8, 8, 1), dtype=np.float32)
+    pixels = np.random.default_rng(0).integers(0, 256, (7, 8, 8, 1), dtype=np.uint8)  # raw, as the data set holds them
     served = mlflow.pyfunc.load_model(f"models:/{output.model_id}")
     assert served.metadata.get_input_schema().inputs[0].shape == (-1, 8, 8, 1)
-    np.testing.assert_allclose(np.asarray(served.predict(x)), trained.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    answer = served.predict(pixels)  # the preprocessing (pixels / 255) travels with the model
+    expected = trained.predict(pixels / np.float32(255), verbose=0)
+    np.testing.assert_allclose(answer[[f"p_{c}" for c in range(10)]].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert list(answer["predicted"]) == [str(c) for c in expected.argmax(axis=1)]
+    bare = mlflow.keras.load_model(f"models:/{output.model_id}")  # the Keras flavour: the model's own input
+    np.testing.assert_allclose(bare.predict(pixels / np.float32(255), verbose=0), expected, rtol=1e-5, atol=1e-6)
     folder = mlflow.artifacts.download_artifacts(f"models:/{output.model_id}")
     assert f"keras=={keras.__version__}" in open(f"{folder}/requirements.txt").read()  # pinned, not inferred
 

@@ -128,7 +128,10 @@ def test_resumed_final_logging_is_not_repeated(make_cfg, store, tmp_path, monkey
             run(make_cfg(*BASE, f"mlflow.tracking_uri={store}"), cwd=tmp_path)
     client, found = only_run(store)
     assert found.info.status == "KILLED" and real is tracking.log_model
+    assert "killed during the final logging" in found.data.tags["error"]
     run(make_cfg(f"resume={found.info.run_id}", f"mlflow.tracking_uri={store}"), cwd=tmp_path)
+    finished = client.get_run(found.info.run_id)
+    assert finished.info.status == "FINISHED" and "error" not in finished.data.tags  # no stale ending
     assert [m.step for m in client.get_metric_history(found.info.run_id, "test_loss")] == [EPOCHS]
     assert [m.step for m in client.get_metric_history(found.info.run_id, "loss")] == [1, 2, 3]
 

@@ -51,7 +51,8 @@ def trained(tmp_path, *overrides):
 def served(model_uri, store, tmp_path):
     """`mlflow models serve` of `model_uri` on 127.0.0.1 (this environment): its /invocations URL."""
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "PYTHONPATH": os.pathsep.join(sys.path),
+           "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}  # its uvicorn
     log = open(tmp_path / "serve.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
@@ -82,11 +83,12 @@ def test_mlflow_models_serve_answers_with_the_trained_models_predictions(tmp_pat
     (output,) = found.outputs.model_outputs
     model = keras.saving.load_model(next((tmp_path / "out").glob("run-*/checkpoints/epoch-0001")))
     with served(f"models:/{output.model_id}", store, tmp_path) as url:
-        x = np.random.default_rng(1).random((5, 8, 8, 1), dtype=np.float32)
-        answer = post(url, {"inputs": x.tolist()})
-        predictions = np.asarray(answer["predictions"], dtype=np.float32)
+        pixels = np.random.default_rng(1).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)  # as the digits are
+        answer = post(url, {"inputs": pixels.tolist()})
+        predictions = np.asarray([[row[f"p_{c}"] for c in range(10)] for row in answer["predictions"]])
         assert predictions.shape == (5, 10)
-        np.testing.assert_allclose(predictions, model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(predictions, model.predict(pixels / np.float32(255), verbose=0), rtol=1e-4, atol=1e-5)
+        assert [row["predicted"] for row in answer["predictions"]] == [str(c) for c in predictions.argmax(axis=1)]
 
 
 def test_the_onnx_export_is_served_by_mlflow_models_serve(tmp_path):

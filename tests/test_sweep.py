@@ -226,7 +226,7 @@ def test_seeds_give_one_row_per_point_ranked_on_validation_and_the_best_job_is_t
     assert parent.data.tags["runner.registered"].startswith(f"registered run {best_job.info.run_id} as digits version 1")
     mlflow.set_tracking_uri(conftest.store_uri(tmp_path))
     model = mlflow.pyfunc.load_model("models:/digits@champion")
-    assert model.predict(np.zeros((2, 8, 8, 1), dtype="float32")).shape == (2, 10)
+    assert model.predict(np.zeros((2, 8, 8, 1), dtype="uint8")).shape == (2, 12)  # predicted, probability, 10 p_
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from runner.data.folders import Files
+from runner.raw_inputs import decode_image
 from runner.data.tfds import SHUFFLE_BUFFER, Stream
 
 PARALLEL = 2  # this machine's cores; autotuning is off (see _options)
@@ -121,10 +122,7 @@ def cache_dir():
 
 
 def _read_image(path, shape):
-    """One image file decoded and resized to shape (height, width, channels), as uint8 like an array's."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=shape[2], expand_animations=False)
-    image.set_shape([None, None, shape[2]])
-    return tf.cast(tf.round(tf.image.resize(image, shape[:2])), tf.uint8)
+    return decode_image(tf.io.read_file(path), shape)
 
 
 def _gather_memmap(x, indices):

@@ -18,6 +18,7 @@ import numpy as np
 from runner.data import splits
 from runner.data.arrays import sklearn_file
 from runner.errors import ConfigError
+from runner.raw_inputs import encode_table
 
 SKLEARN_TABLES = {"wine": "wine_data.csv", "breast_cancer": "breast_cancer.csv", "iris": "iris.csv"}
 
@@ -166,26 +167,8 @@ def encoding(columns, train_rows, vocab):
             "vocab": {name: list(values) for name, values in vocab.items()}}
 
 
-def apply(spec, table):
-    """One float32 row per example of `table` ({column: values}), encoded as `spec` (encoding's) says."""
-    parts = []
-    if spec["numeric"]:
-        x = np.stack([np.asarray(table[n], dtype=np.float64) for n in spec["numeric"]], axis=1)
-        scale = np.maximum(np.sqrt(np.asarray(spec["variance"])), EPSILON)
-        parts.append((x - np.asarray(spec["mean"])) / scale)
-    for name, values in spec["vocab"].items():
-        index = {v: i + 1 for i, v in enumerate(values)}  # 0: a value the training rows never had
-        hot = np.zeros((len(table[name]), len(values) + 1))
-        hot[np.arange(len(table[name])), [index.get(str(v), 0) for v in table[name]]] = 1.0
-        parts.append(hot)
-    return np.concatenate(parts, axis=1).astype(np.float32)
-
-
-EPSILON = 1e-7  # keras.backend.epsilon(): Normalization's floor on a column's standard deviation
-
-
 def encode(columns, train_rows, vocab, *others):
     """Each of `columns` and `others` (tables of the same columns) as a float32 matrix, with the
     encoding learnt on `columns`' `train_rows` only."""
     spec = encoding(columns, train_rows, vocab)
-    return [apply(spec, table) for table in (columns, *others)]
+    return [encode_table(spec, table) for table in (columns, *others)]

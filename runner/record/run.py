@@ -90,18 +90,20 @@ def resumed_tags(overrides):
 def resumable_run(run_id, overrides):
     """(the MLflow run `run_id`, its RunDir), checked to be one `resume` can continue now; the
     directory is held (owner.lock) for as long as the RunDir lives."""
-    changed = [o for o in overrides if not override_key(o).startswith(RESUME_OVERRIDES)]
+    run = find_run(run_id)
+    if run is None:
+        raise ConfigError(f"resume: no run {run_id!r} in {current_uri()}.")
+    run_dir = RunDir(run.data.tags[Tag.OUTPUT_DIR]) if Tag.OUTPUT_DIR in run.data.tags else None
+    changed = [o for o in overrides if not override_key(o).startswith(RESUME_OVERRIDES)
+               and not _as_saved(o, run, run_dir)]
     if changed:
         raise ConfigError(
             f"resume: a resumed run keeps the config it started with, so {' '.join(map(redact_override, changed))!r} "
             "would be ignored. Remove it, or start a new run with it."
         )
-    run = find_run(run_id)
-    if run is None:
-        raise ConfigError(f"resume: no run {run_id!r} in {current_uri()}.")
     if run.info.status == "FINISHED":
         raise ConfigError(f"resume: run {run_id} already FINISHED; there is nothing to resume.")
-    if Tag.OUTPUT_DIR not in run.data.tags:
+    if run_dir is None:
         raise ConfigError(f"resume: run {run_id} has no local checkpoint (tag {Tag.OUTPUT_DIR}).")
     alive = owner_alive(run) if run.info.status == "RUNNING" else False
     if alive:
@@ -117,9 +119,32 @@ def resumable_run(run_id, overrides):
             f"it KILLED if that process is gone; if you know it is, end it yourself: python -c \"import mlflow; "
             f"mlflow.MlflowClient().set_terminated('{run_id}', 'KILLED')\" and resume."
         )
-    run_dir = RunDir(run.data.tags[Tag.OUTPUT_DIR])
     run_dir.hold(run_id)
     return run, run_dir
+
+
+def _as_saved(override, run, run_dir):
+    """Whether `override` sets what run `run` already has (a group's choice, a key's saved value):
+    repeating the command that started a run, with resume= added, resumes it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([override])[0]
+    except Exception:
+        return False
+    if parsed.is_delete() or parsed.is_sweep_override():
+        return False
+    key, value = parsed.key_or_group, parsed.value()
+    if key in GROUPS:
+        return run.data.tags.get(key) == str(value)
+    if run_dir is None or not run_dir.config.is_file():
+        return False
+    saved = OmegaConf.select(OmegaConf.load(run_dir.config), key, default=KeyError)
+    if saved is KeyError:
+        return False
+    if OmegaConf.is_config(saved):
+        saved = OmegaConf.to_container(saved, resolve=True)
+    return saved == value
 
 
 @contextmanager
@@ -132,6 +157,8 @@ def started(cfg, experiment_id, run_name, tags, resume=None, run_dir=None, outpu
     try:
         if resume is None:
             mlflow.log_params(params(cfg), synchronous=True)
+        elif Tag.ERROR in run.data.tags:  # the ending it is resumed from; its traceback stays an artifact
+            client().delete_tag(resume, Tag.ERROR)
         if run_dir is None:
             run_dir = RunDir.create(output_root, run.info.run_id)
             run_dir.write_config(cfg)

@@ -20,7 +20,7 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 
-from runner import checkpoints, signals
+from runner import checkpoints, raw_inputs, signals
 from runner.data import augment
 from runner.record import inputs, provenance
 from runner.record.redaction import redact_uri
@@ -29,7 +29,7 @@ from runner.record.tags import Tag
 
 # Python packages a served model needs, pinned to what trained it: passed to MLflow so it does not
 # infer them in a subprocess that imports TensorFlow again (16 s on a loaded 2-core machine).
-MODEL_REQUIREMENTS = ("tensorflow", "keras", "numpy")
+MODEL_REQUIREMENTS = ("tensorflow", "keras", "numpy", "pandas")
 _clock = None  # (wall, CPU seconds of this process) when the current run started: its mean CPU
 _early = None  # (run id, {name: Future}): the record's work started while the model trains
 ENVIRONMENT_WAIT = 10  # s a failed run waits for it: git and the package list take well under 1 s
@@ -263,20 +263,21 @@ def model_summary(model):
     return "\n".join(lines) + "\n"
 
 
-def log_model(model, cfg, sample, step, summary):
-    """The model summary and, when asked, the trained model as an MLflow model (Keras flavour) with
-    its signature and pinned requirements, linked to the run's metrics at `step` (the last epoch's
-    and the test metrics). Returns its `models:/` URI, or None."""
+def log_model(model, cfg, preprocessing, step, summary):
+    """The model summary and, when asked, the trained model as an MLflow model (runner.record.keras_raw:
+    the Keras flavour, and a pyfunc that takes raw inputs through the data set's `preprocessing`)
+    with its signature and pinned requirements, linked to the run's metrics at `step` (the last
+    epoch's and the test metrics). Returns its `models:/` URI, or None."""
     mlflow.log_text(summary, "model_summary.txt")
     if not cfg.mlflow.log_model:
         return None
-    from mlflow.models import infer_signature
+    from mlflow.models import Model
 
-    x, probs = sample
-    info = mlflow.keras.log_model(
-        model, name=cfg.model.name or "model", signature=infer_signature(x, probs), step=step,
-        pip_requirements=[f"{p}=={version(p)}" for p in MODEL_REQUIREMENTS],
-    )
+    from runner.record import keras_raw
+
+    info = Model.log(artifact_path=None, name=cfg.model.name or "model", flavor=keras_raw, keras_model=model, step=step,
+                     preprocessing=preprocessing,
+                     pip_requirements=[f"{p}=={version(p)}" for p in MODEL_REQUIREMENTS])
     return info.model_uri
 
 
@@ -287,17 +288,17 @@ def log_record(work, results, cfg, choices):
     from runner.record import figures
 
     log_early()  # the environment read while the model trained
-    wanted = cfg.mlflow.log_model or cfg.mlflow.log_figures
-    y, probs, kept = test_predictions(work.model, work.test_data) if wanted else (None, None, None)
+    drawing = cfg.mlflow.log_figures
+    y, probs, kept = test_predictions(work.model, work.test_data) if drawing else (None, None, None)
     with tempfile.TemporaryDirectory(prefix="runner-figures-") as tmp, ThreadPoolExecutor(2) as pool:
         summary = pool.submit(model_summary, work.model)  # Keras draws it with rich: 0.2 s
-        drawn = cfg.mlflow.log_figures and pool.submit(figures.draw_run_figures, work.history, kept, y, probs,
+        drawn = drawing and pool.submit(figures.draw_run_figures, work.history, kept, y, probs,
                                                        work.model, tmp)
-        sample = (np.stack([kept[i] for i in range(min(2, len(y)))]), probs[:2]) if wanted else None
         # at the epoch its weights are from: the best one when best_checkpoint or early stopping restored it,
         # so MLflow links that epoch's metrics to it and search_logged_models ordered by them finds it
         step = int(results.get("restored_epoch") or len(work.history) or cfg.loop.epochs)
-        uri = log_model(work.model, cfg, sample, step=step, summary=summary.result())
+        preprocessing = raw_inputs.spec(work.data_info.as_dict(), cfg.dataset.name, cfg.dataset.scale)
+        uri = log_model(work.model, cfg, preprocessing, step=step, summary=summary.result())
         if drawn:
             figures.log_drawn(tmp, drawn.result())  # a drawing error is raised here: the run is FAILED
     log_outcome(cfg, choices, results)

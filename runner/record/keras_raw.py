@@ -1,0 +1,33 @@
+"""The run's model as one MLflow model with two ways in: the Keras flavour (the bare model, on the
+model's own input) and a `python_function` flavour that takes raw inputs as the data set gives them
+(`runner.raw_inputs`: the preprocessing travels with the model). A flavour module for
+`mlflow.models.Model.log`, which makes it a logged model like `mlflow.keras.log_model` does."""
+
+import json
+import os
+import shutil
+
+import mlflow.keras
+import numpy as np
+from mlflow import pyfunc
+
+from runner import raw_inputs
+
+
+def save_model(keras_model, path, mlflow_model, preprocessing, pip_requirements):
+    """MLflow's Keras flavour saved to `path`, then its pyfunc pointed at runner_raw_inputs (copied
+    into the model's `code/`) with the data set's preprocessing, and the signature of raw inputs."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    bare = ModelSignature(Schema([TensorSpec(np.dtype(np.float32), (-1, *preprocessing["input_shape"]))]))
+    mlflow.keras.save_model(keras_model, path, mlflow_model=mlflow_model, pip_requirements=pip_requirements,
+                            signature=bare)
+    data = mlflow_model.flavors["keras"]["data"]
+    with open(os.path.join(path, data, raw_inputs.SPEC), "w") as f:
+        json.dump(preprocessing, f, indent=1)
+    os.makedirs(os.path.join(path, "code"), exist_ok=True)
+    shutil.copyfile(raw_inputs.__file__, os.path.join(path, "code", f"{raw_inputs.MODULE}.py"))
+    mlflow_model.flavors[pyfunc.FLAVOR_NAME].update(loader_module=raw_inputs.MODULE, data=data, code="code")
+    mlflow_model.signature = raw_inputs.signature(preprocessing)  # what pyfunc and serving check inputs against
+    mlflow_model.save(os.path.join(path, "MLmodel"))
