@@ -24,7 +24,7 @@ def test_quick_bench_reports_every_target(mnist_path, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     text = report.read_text()
     assert "--quick" in text.splitlines()[0]
-    for section in ("Epoch time", "Start-up", "Time to the tutorial's accuracy", "Sweep throughput", "Peak memory"):
+    for section in ("Epoch time", "The fixed cost", "Time to the tutorial's accuracy", "Sweep throughput", "Peak memory"):
         assert f"### {section}" in text
     rows = {what: figure for what, figure in re.findall(r"^\| (.+?) \| ([-0-9.]+) \| .+ \| (?:met|\*\*missed\*\*) \|$",
                                                         text, re.M)}

@@ -6,6 +6,7 @@ everything with RUNNER_VERBOSE=1."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,25 @@ def test_runner_verbose_shows_them():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "oneDNN custom operations" in done.stderr or "Could not find cuda drivers" in done.stderr, done.stderr
+
+
+def test_help_lists_every_group_with_its_options_as_hydra_does():
+    """`runner --help` shares one config repository across the group listing (Hydra deep-copies it per
+    group, 91 times); what it lists is what Hydra's own listing says, and it names every option."""
+    from hydra import initialize_config_module
+    from hydra._internal.hydra import Hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    import runner.main  # noqa: F401  (wraps Hydra.format_config_groups)
+
+    with initialize_config_module(config_module="runner.conf", version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        for predicate in (lambda g: not g.startswith("hydra/"), lambda g: g.startswith("hydra/")):
+            ours = Hydra.format_config_groups(hydra, predicate)
+            assert ours == Hydra.format_config_groups.hydra_original(hydra, predicate) and ours.count("\n") >= 5
+    done = cli("--help")
+    assert done.returncode == 0, done.stderr
+    conf = Path(runner.main.__file__).parent / "conf"
+    for group in ("model", "dataset", "optimizer", "loop", "model-style", "experiment"):
+        options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        assert f"{group}: {', '.join(options)}" in done.stdout, (group, done.stdout)
