@@ -250,8 +250,8 @@ UNWRITABLE = (errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EDQUOT
 
 
 def _os_error(error):
-    where = f" ({os.path.abspath(error.filename)})" if error.filename else f" (under {os.getcwd()})"
-    return f"{error.strerror or error}{where}"
+    where = os.path.abspath(error.filename) if error.filename else f"under {os.getcwd()}"
+    return f"{where}: {error.strerror or error}"
 
 
 def _one_line_compose_errors():
@@ -274,9 +274,9 @@ def _one_line_compose_errors():
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
                 if isinstance(error, OSError) and error.errno in UNWRITABLE:
-                    print(f"runner: cannot write the run's output directory: {_os_error(error)}. No job ran"
-                          "; run from a writable directory with free space, or point "
-                          "hydra.run.dir= (hydra.sweep.dir= for -m) at one.", file=sys.stderr)
+                    print(f"runner: cannot write {_os_error(error)}. Run from a directory you can write, with "
+                          "free space, or send the outputs elsewhere: hydra.run.dir=... (hydra.sweep.dir=... "
+                          "with -m) and, for the default ./mlflow.db, mlflow.tracking_uri=...", file=sys.stderr)
                     sys.exit(1)
                 message = compose_error(error)
                 if message is None:

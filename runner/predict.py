@@ -17,7 +17,8 @@ import numpy as np
 
 from runner.errors import ConfigError
 
-BATCH = 256
+from runner import raw_inputs
+from runner.raw_inputs import BATCH
 
 
 def predict(client, model_ref, path, out=None, top_k=3):
@@ -33,7 +34,9 @@ def predict(client, model_ref, path, out=None, top_k=3):
     import mlflow.keras  # imports TensorFlow
 
     model = mlflow.keras.load_model(model_uri)
-    classes = info.get("class_names") or [str(i) for i in range(info["num_classes"])]
+    outputs = int(np.prod(model.output_shape[1:]))
+    classes = raw_inputs.spec(info, cfg.dataset.name, cfg.dataset.scale, outputs)["class_names"]
+    logits = cfg.model.loss.get("from_logits", False)
     k = max(1, min(top_k, len(classes)))
     stream = open(out, "w", newline="") if out else sys.stdout
     try:
@@ -41,7 +44,7 @@ def predict(client, model_ref, path, out=None, top_k=3):
         writer.writerow(["input", "predicted", "probability", *(f"top{i + 1}" for i in range(k))])
         done = 0
         for x in batches:
-            probs = np.asarray(model(x, training=False), dtype=np.float32)
+            probs = raw_inputs.probabilities(model(x, training=False), logits)
             order = np.argsort(-probs, axis=1)[:, :k]
             for row, best in zip(probs, order):
                 writer.writerow([names[done], classes[best[0]], f"{row[best[0]]:.4f}",
@@ -123,8 +126,6 @@ def _arrays(path, shape, cfg):
 
 
 def _table(path, info):
-    from runner import raw_inputs
-
     spec = info.get("encoding")
     if not spec:
         raise ConfigError(f"predict: the model was not trained on a table; give {'an image folder' if len(info['input_shape']) == 3 else 'an .npz'}.")
@@ -134,7 +135,7 @@ def _table(path, info):
     except (OSError, UnicodeDecodeError, csv.Error, ValueError) as error:
         raise ConfigError(f"predict: cannot read {path} as CSV: {error}") from None
     header = [h.strip() for h in header]  # as training reads a header
-    wanted = [*spec["numeric"], *spec["vocab"]]
+    wanted = raw_inputs.columns(spec)
     missing = [c for c in wanted if c not in header]
     if missing or not rows:
         raise ConfigError(f"predict: {path} lacks the columns {missing} the model was trained on" if missing

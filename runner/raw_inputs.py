@@ -26,13 +26,29 @@ EPSILON = 1e-7  # keras.backend.epsilon(): Normalization's floor on a column's s
 BATCH = 256
 
 
-def spec(info, dataset_name, scale):
-    """The preprocessing of a run's data (its DataInfo as a dict), as plain JSON: `kind` (table, images
-    or arrays), the model's input shape, the class names, a table's encoding, the arrays' scale."""
+def spec(info, dataset_name, scale, outputs, from_logits=False, custom_layers=()):
+    """The preprocessing of a run's data (its DataInfo as a dict) and what its model answers, as plain
+    JSON: `kind` (table, images or arrays), the model's input shape, one class name per output (`outputs`
+    wide; by index past the data's names), whether the outputs are logits, a table's encoding, the
+    arrays' scale ("none": as they are; else divided by 255, as training did), the custom layer modules."""
     kind = "table" if info.get("encoding") else "images" if dataset_name == "image_folder" else "arrays"
-    names = info.get("class_names") or [str(i) for i in range(info["num_classes"])]
-    return {"kind": kind, "input_shape": list(info["input_shape"]), "class_names": [str(n) for n in names],
-            "encoding": info.get("encoding"), "scale": str(scale)}
+    scale = "auto" if dataset_name == "tfds" else scale  # TFDS images are uint8, divided by 255 whatever scale says
+    names = [str(n) for n in info.get("class_names") or ()]
+    names += [str(i) for i in range(len(names), max(outputs, 2 if outputs == 1 else 0))]
+    return {"kind": kind, "input_shape": list(info["input_shape"]), "class_names": names,
+            "from_logits": bool(from_logits), "encoding": info.get("encoding"), "scale": str(scale),
+            "custom_layers": list(custom_layers)}
+
+
+def probabilities(outputs, from_logits=False):
+    """The model's outputs as one probability per class: softmax (sigmoid for one unit) of logits,
+    and a single sigmoid unit as the two classes' [1 - p, p]."""
+    out = np.asarray(outputs, dtype=np.float64)
+    out = out.reshape(len(out), -1)
+    if from_logits:
+        out = 1 / (1 + np.exp(-out)) if out.shape[1] == 1 else np.exp(out - out.max(axis=1, keepdims=True))
+        out = out if out.shape[1] == 1 else out / out.sum(axis=1, keepdims=True)
+    return np.concatenate([1 - out, out], axis=1) if out.shape[1] == 1 else out
 
 
 # ---- tables -----------------------------------------------------------------------------------
@@ -88,6 +104,7 @@ def model_input(preprocessing, data):
     kind, shape = preprocessing["kind"], tuple(preprocessing["input_shape"])
     if kind == "table":
         table = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+        table = table.rename(columns=lambda c: str(c).strip())  # as training reads a header
         wanted = columns(preprocessing["encoding"])
         missing = [c for c in wanted if c not in table.columns]
         if missing:
@@ -97,13 +114,18 @@ def model_input(preprocessing, data):
             if not np.isfinite(values).all():
                 row = int(np.flatnonzero(~np.isfinite(values))[0])
                 raise ValueError(f"row {row}, column {name!r}: {table[name].iloc[row]!r} is not a finite number")
-        return encode_table(preprocessing["encoding"], {c: table[c].tolist() for c in wanted})
+        rows = {c: table[c].tolist() for c in preprocessing["encoding"]["numeric"]}
+        for name in preprocessing["encoding"]["vocab"]:  # as training reads a CSV's field: text, stripped
+            rows[name] = ["" if pd.isna(v) else str(v).strip() for v in table[name].tolist()]
+        return encode_table(preprocessing["encoding"], rows)
     if kind == "images" and _is_files(data):
         import tensorflow as tf
 
         files = _files(data)
         return np.stack([decode_image(tf.constant(f), shape).numpy() for f in files]).astype(np.float32) / 255
     x = np.asarray(data.to_numpy() if isinstance(data, pd.DataFrame) else data)
+    if x.dtype.kind not in "uif":
+        raise ValueError(f"the model takes arrays of numbers of shape {list(shape)} (one per row); got {x.dtype}")
     if x.ndim == len(shape) and shape[-1] == 1:
         x = x[..., np.newaxis]  # grey images without their channel axis
     if tuple(x.shape[1:]) != shape:
@@ -141,18 +163,18 @@ def answer(class_names, probs):
 def signature(preprocessing):
     """The MLflow signature of the raw inputs and the answer."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import AnyType
 
-    kind, shape = preprocessing["kind"], tuple(preprocessing["input_shape"])
-    if kind == "table":
+    kind = preprocessing["kind"]
+    if kind == "table":  # numbers of any type (a CSV's integer column reads as int64): model_input checks them
         encoding = preprocessing["encoding"]
-        inputs = Schema([*(ColSpec("double", n) for n in encoding["numeric"]),
-                         *(ColSpec("string", n) for n in encoding["vocab"])])
+        inputs = Schema([*(ColSpec(AnyType(), n) for n in encoding["numeric"]),
+                         *(ColSpec(AnyType(), n) for n in encoding["vocab"])])
     elif kind == "images":
         inputs = Schema([ColSpec("binary", "image")])
-    else:
-        dtype = np.float32 if preprocessing["scale"] == "none" else np.uint8
-        inputs = Schema([TensorSpec(np.dtype(dtype), (-1, *shape))])
+    else:  # arrays of any number type, with or without a grey channel axis: model_input checks and scales them
+        inputs = None
     outputs = Schema([ColSpec("string", "predicted"), ColSpec("double", "probability"),
                       *(ColSpec("double", f"p_{n}") for n in preprocessing["class_names"])])
     return ModelSignature(inputs=inputs, outputs=outputs)
@@ -166,15 +188,20 @@ class RawInputs:
 
     def predict(self, data, params=None):
         x = model_input(self.preprocessing, data)
-        probs = [np.asarray(self.model(x[i:i + BATCH], training=False), dtype=np.float64)
-                 for i in range(0, len(x), BATCH)]
-        return answer(self.preprocessing["class_names"], np.concatenate(probs) if probs else np.zeros((0, 0)))
+        logits = self.preprocessing.get("from_logits", False)
+        probs = [probabilities(self.model(x[i:i + BATCH], training=False), logits) for i in range(0, len(x), BATCH)]
+        names = self.preprocessing["class_names"]
+        return answer(names, np.concatenate(probs) if probs else np.zeros((0, len(names))))
 
 
 def _load_pyfunc(path):
     """MLflow's pyfunc loader: `path` is the model's data folder (the Keras file and SPEC)."""
     import keras
 
+    import importlib
+
     with open(os.path.join(path, SPEC)) as f:
         preprocessing = json.load(f)
+    for module in preprocessing.get("custom_layers") or ():  # shipped in the model's code/: registers its layers
+        importlib.import_module(module)
     return RawInputs(keras.saving.load_model(os.path.join(path, "model.keras"), compile=False), preprocessing)

@@ -92,7 +92,7 @@ def plan_record(cfg, graph, info, job):
     a run named and tagged from the job (nested under its sweep's parent)."""
     experiment_id = record.open_store(cfg.mlflow, job.cwd)  # imports MLflow (1.7 s): the config is good
     if cfg.resume:
-        _, run_dir = record.resumable_run(cfg.resume, job.overrides)
+        _, run_dir = record.resumable_run(cfg.resume, job.overrides, cfg)
         from runner import checkpoints  # imports Keras: the run is checked before it is touched
 
         checkpoints.verify(run_dir.checkpoints, cfg.resume)

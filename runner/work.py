@@ -32,6 +32,7 @@ class Work:
     test_weights: str = None  # which weights the test metrics come from, once trained
     class_weight: dict = None  # {label: weight} for the loss, both loops
     data_info: object = None  # data.DataInfo: the data's classes, shape and a table's encoding
+    graph: object = None  # the validated layer graph the model was built from
 
     @classmethod
     def prepare(cls, cfg, graph, strategy=None, resume_from=None, run_id=None, keep_data=False, data_info=None):
@@ -57,7 +58,7 @@ class Work:
         val, test = data.pipeline(*splits.val, batch), data.pipeline(*splits.test, batch)
         weights = class_weights.resolve(cfg.dataset.class_weight, splits.train[1], cfg.dataset.num_classes)
         return cls(cfg, model, train, val, test, run_id, history, state, class_weight=weights,
-                   data_info=splits.info or data_info)
+                   data_info=splits.info or data_info, graph=graph)
 
     def train(self, checkpoint_dir=None, callbacks=()):
         """Train the remaining epochs with the run's callbacks; return the test metrics.

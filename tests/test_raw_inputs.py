@@ -27,6 +27,8 @@ def test_a_table_is_encoded_as_training_encodes_it():
 def test_a_table_value_never_seen_takes_its_unknown_slot_and_numbers_are_standardised():
     x = raw_inputs.model_input(TABLE, pd.DataFrame({"size": [7.0], "colour": ["green"]}))
     np.testing.assert_allclose(x, [[1.0, 1.0, 0.0, 0.0]])  # (7 - 5) / 2, then unknown, blue, red
+    x = raw_inputs.model_input(TABLE, pd.DataFrame({" size": [7], "colour": [" red "]}))  # read as a CSV is
+    np.testing.assert_allclose(x, [[1.0, 0.0, 0.0, 1.0]])
 
 
 @pytest.mark.parametrize("rows, message", [
@@ -65,8 +67,19 @@ def test_the_answer_and_signature_name_the_classes():
     assert list(answer.columns) == ["predicted", "probability", "p_big", "p_small"]
     assert list(answer["predicted"]) == ["small", "big"] and list(answer["probability"]) == [0.8, 0.9]
     signature = raw_inputs.signature(TABLE)
-    assert [(c.name, c.type.name) for c in signature.inputs.inputs] == [("size", "double"), ("colour", "string")]
+    assert [c.name for c in signature.inputs.inputs] == ["size", "colour"]  # typed by model_input, not MLflow
     assert signature.outputs.input_names() == ["predicted", "probability", "p_big", "p_small"]
+    assert raw_inputs.answer(["a", "b"], np.zeros((0, 2))).shape == (0, 4)  # no rows in, none out
+
+
+def test_class_names_cover_every_output_and_logits_become_probabilities():
+    info = {"num_classes": 10, "input_shape": [8, 8, 1], "class_names": None}
+    assert raw_inputs.spec(info, "digits", "auto", outputs=12)["class_names"] == [str(i) for i in range(12)]
+    assert raw_inputs.spec({**info, "class_names": ["no", "yes"]}, "csv", "auto", outputs=1)["class_names"] == ["no", "yes"]
+    np.testing.assert_allclose(raw_inputs.probabilities([[0.0, np.log(3.0)]], from_logits=True), [[0.25, 0.75]])
+    np.testing.assert_allclose(raw_inputs.probabilities([[0.0]], from_logits=True), [[0.5, 0.5]])
+    np.testing.assert_allclose(raw_inputs.probabilities([[0.2], [0.9]]), [[0.8, 0.2], [0.1, 0.9]])
+    np.testing.assert_allclose(raw_inputs.probabilities([[0.3, 0.7]]), [[0.3, 0.7]])  # probabilities stay
 
 
 def test_the_shipped_module_imports_nothing_of_the_runner():

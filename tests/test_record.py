@@ -263,15 +263,27 @@ def test_resume_refuses_an_override_it_would_ignore_and_takes_one_it_already_has
     stopped = client.create_run(mlflow.create_experiment("runner"),
                                 tags={Tag.OUTPUT_DIR: str(tmp_path), "model": "seed_cnn"}).info.run_id
     client.set_terminated(stopped, "KILLED")
-    (tmp_path / "config.yaml").write_text("loop:\n  epochs: 2\noptimizer:\n  learning_rate: 0.001\n")
-    ignored = ["loop.epochs=9", "model=mlp", "optimizer.learning_rate=1e-2", "+extra=1", "~loop.epochs"]
-    for override in ignored:
+    saved = {"loop": {"epochs": 2}, "optimizer": {"learning_rate": 0.001}, "dataset": {"path": "/data/a.csv"},
+             "callbacks": {"early_stopping": {"patience": 3}}}
+    OmegaConf.save(OmegaConf.create(saved), tmp_path / "config.yaml")
+
+    def composed(**changes):  # what the resuming command composed: the saved config with its overrides
+        return OmegaConf.merge(OmegaConf.create(saved), OmegaConf.create(changes))
+
+    ignored = {"loop.epochs=9": composed(loop={"epochs": 9}), "model=mlp": composed(),
+               "optimizer.learning_rate=1e-2": composed(optimizer={"learning_rate": 0.01}),
+               "+extra=1": composed(extra=1), "~loop.epochs": composed(), "loop.epochs=2,3": composed(),
+               "callbacks=none": OmegaConf.create({**saved, "callbacks": {}})}
+    for override, cfg in ignored.items():
         with pytest.raises(ConfigError, match=r"resume: a resumed run keeps the config it started with, so "
                                               f"'{re.escape(override)}'"):
-            record.resumable_run(stopped, [f"resume={stopped}", override, "mlflow.experiment_name=x", "loop.verbose=0"])
-    # the command that started it, with resume= added: what it sets, the run already has
-    run, run_dir = record.resumable_run(stopped, [f"resume={stopped}", "loop.epochs=2", "model=seed_cnn",
-                                                  "optimizer.learning_rate=1e-3"])
+            record.resumable_run(stopped, [f"resume={stopped}", override, "mlflow.experiment_name=x", "loop.verbose=0"],
+                                 cfg)
+    # the command that started it, with resume= added: what it sets, the run already has (a relative
+    # path made absolute, 1e-3 for 0.001, a group's choice, a group without a tag by its content)
+    same = ["loop.epochs=2", "model=seed_cnn", "optimizer.learning_rate=1e-3", "dataset.path=a.csv",
+            "callbacks=early_stopping"]
+    run, run_dir = record.resumable_run(stopped, [f"resume={stopped}", *same], composed())
     assert run.info.run_id == stopped and run_dir.path == tmp_path
 
 
@@ -280,7 +292,7 @@ def test_resume_refuses_a_run_whose_owner_is_alive(store, tmp_path):
     experiment = mlflow.create_experiment("runner")
     live = MlflowClient().create_run(experiment, tags={**record.owner(), Tag.OUTPUT_DIR: str(tmp_path)})
     with pytest.raises(ConfigError, match=r"is still RUNNING in process \d+ on .*two processes must not write one run"):
-        record.resumable_run(live.info.run_id, [f"resume={live.info.run_id}"])
+        record.resumable_run(live.info.run_id, [f"resume={live.info.run_id}"], OmegaConf.create())
 
 
 def test_the_unended_marker_is_whole_or_ignored(tmp_path):

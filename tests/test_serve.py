@@ -106,3 +106,37 @@ def test_the_onnx_export_is_served_by_mlflow_models_serve(tmp_path):
                                  else predictions, dtype=np.float32)
         assert predictions.shape == (5, 10)
         np.testing.assert_allclose(predictions, model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_a_subclassed_model_with_a_custom_layer_loads_through_pyfunc_without_the_runner(tmp_path, monkeypatch):
+    """The logged model of a subclass-style run is its functional twin (same graph, same weights), and a
+    custom layer's module travels in the model's code/: a fresh Python that never imports the runner,
+    with the module nowhere on its path, loads it and answers as the run's own model does."""
+    from test_models import CUSTOM
+
+    (tmp_path / "my_layers.py").write_text(CUSTOM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store, found = trained(tmp_path, "model-style=subclass", "model.custom_layers=[my_layers]",
+                           "model.layers=[{type: my_layers.Scale, factor: 0.5}, {type: Flatten}, "
+                           "{type: Dense, units: 10, activation: softmax}]")
+    (output,) = found.outputs.model_outputs
+    pixels = np.random.default_rng(3).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
+    np.save(tmp_path / "pixels.npy", pixels)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = ("import json, sys, mlflow, numpy as np; m = mlflow.pyfunc.load_model(sys.argv[1]); "
+              "a = m.predict(np.load(sys.argv[2])); "
+              "print(json.dumps([sorted(k for k in sys.modules if k.split('.')[0] == 'runner'), a['predicted'].tolist(), "
+              "a[[f'p_{i}' for i in range(10)]].to_numpy().tolist()]))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script, f"models:/{output.model_id}", str(tmp_path / "pixels.npy")],
+                          cwd=elsewhere, env={**env, "MLFLOW_TRACKING_URI": store}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported, predicted, probs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert imported == []  # the runner was never imported
+    model = keras.saving.load_model(next((tmp_path / "out").glob("run-*/checkpoints/epoch-0001")))
+    assert type(model).__name__ == "GraphModel"
+    expected = model.predict(pixels / np.float32(255), verbose=0)
+    np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-6)
+    assert predicted == [str(c) for c in expected.argmax(axis=1)]

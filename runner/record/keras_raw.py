@@ -3,6 +3,7 @@ model's own input) and a `python_function` flavour that takes raw inputs as the 
 (`runner.raw_inputs`: the preprocessing travels with the model). A flavour module for
 `mlflow.models.Model.log`, which makes it a logged model like `mlflow.keras.log_model` does."""
 
+import importlib
 import json
 import os
 import shutil
@@ -28,6 +29,14 @@ def save_model(keras_model, path, mlflow_model, preprocessing, pip_requirements)
         json.dump(preprocessing, f, indent=1)
     os.makedirs(os.path.join(path, "code"), exist_ok=True)
     shutil.copyfile(raw_inputs.__file__, os.path.join(path, "code", f"{raw_inputs.MODULE}.py"))
+    for module in preprocessing["custom_layers"]:  # the model's own layers load where it is served
+        source = importlib.import_module(module).__file__
+        if os.path.basename(source) == "__init__.py":
+            shutil.copytree(os.path.dirname(source), os.path.join(path, "code", *module.split(".")))
+        else:
+            target = os.path.join(path, "code", *module.split(".")[:-1])
+            os.makedirs(target, exist_ok=True)
+            shutil.copyfile(source, os.path.join(target, os.path.basename(source)))
     mlflow_model.flavors[pyfunc.FLAVOR_NAME].update(loader_module=raw_inputs.MODULE, data=data, code="code")
     mlflow_model.signature = raw_inputs.signature(preprocessing)  # what pyfunc and serving check inputs against
     mlflow_model.save(os.path.join(path, "MLmodel"))

@@ -87,15 +87,16 @@ def resumed_tags(overrides):
     return {Tag.RESUMED_WITH: encode_overrides([redact_override(o) for o in overrides])}
 
 
-def resumable_run(run_id, overrides):
-    """(the MLflow run `run_id`, its RunDir), checked to be one `resume` can continue now; the
+def resumable_run(run_id, overrides, cfg):
+    """(the MLflow run `run_id`, its RunDir), checked to be one `resume` can continue now, `overrides`
+    (what the command typed; `cfg` what it composed) changing nothing of its saved config; the
     directory is held (owner.lock) for as long as the RunDir lives."""
     run = find_run(run_id)
     if run is None:
         raise ConfigError(f"resume: no run {run_id!r} in {current_uri()}.")
     run_dir = RunDir(run.data.tags[Tag.OUTPUT_DIR]) if Tag.OUTPUT_DIR in run.data.tags else None
     changed = [o for o in overrides if not override_key(o).startswith(RESUME_OVERRIDES)
-               and not _as_saved(o, run, run_dir)]
+               and not _as_saved(o, run, run_dir, cfg)]
     if changed:
         raise ConfigError(
             f"resume: a resumed run keeps the config it started with, so {' '.join(map(redact_override, changed))!r} "
@@ -123,28 +124,27 @@ def resumable_run(run_id, overrides):
     return run, run_dir
 
 
-def _as_saved(override, run, run_dir):
-    """Whether `override` sets what run `run` already has (a group's choice, a key's saved value):
-    repeating the command that started a run, with resume= added, resumes it."""
+def _as_saved(override, run, run_dir, cfg):
+    """Whether `override` sets what run `run` already has: a group's choice (its tag), or a key whose
+    value in the composed config `cfg` (paths made absolute, interpolations resolved) is the run's
+    saved one. Repeating the command that started a run, with resume= added, resumes it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         parsed = OverridesParser.create().parse_overrides([override])[0]
-    except Exception:
+        if parsed.is_delete() or parsed.is_sweep_override() or run_dir is None or not run_dir.config.is_file():
+            return False
+        key = parsed.key_or_group
+        if key in GROUPS:
+            return run.data.tags.get(key) == str(parsed.value())
+        missing = object()
+        ours, saved = (OmegaConf.select(c, key, default=missing) for c in (cfg, OmegaConf.load(run_dir.config)))
+        if ours is missing or saved is missing:
+            return False
+        plain = [OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for v in (ours, saved)]
+        return plain[0] == plain[1]
+    except Exception:  # noqa: BLE001  (a key the schema cannot hold, an odd override: not the same)
         return False
-    if parsed.is_delete() or parsed.is_sweep_override():
-        return False
-    key, value = parsed.key_or_group, parsed.value()
-    if key in GROUPS:
-        return run.data.tags.get(key) == str(value)
-    if run_dir is None or not run_dir.config.is_file():
-        return False
-    saved = OmegaConf.select(OmegaConf.load(run_dir.config), key, default=KeyError)
-    if saved is KeyError:
-        return False
-    if OmegaConf.is_config(saved):
-        saved = OmegaConf.to_container(saved, resolve=True)
-    return saved == value
 
 
 @contextmanager
@@ -157,8 +157,8 @@ def started(cfg, experiment_id, run_name, tags, resume=None, run_dir=None, outpu
     try:
         if resume is None:
             mlflow.log_params(params(cfg), synchronous=True)
-        elif Tag.ERROR in run.data.tags:  # the ending it is resumed from; its traceback stays an artifact
-            client().delete_tag(resume, Tag.ERROR)
+        elif Tag.ERROR in run.data.tags:  # the ending it is resumed from: no longer this run's story
+            retry(client().delete_tag, resume, Tag.ERROR)
         if run_dir is None:
             run_dir = RunDir.create(output_root, run.info.run_id)
             run_dir.write_config(cfg)

@@ -251,16 +251,17 @@ def callbacks(loop_cfg, first_step=0):
     return [MlflowMetrics(), *([MlflowBatchLoss(every, first_step)] if every else [])]
 
 
-def test_predictions(model, test_data, keep=25):
+def test_predictions(model, test_data, keep=25, from_logits=False):
     """(y, class probabilities, kept) of the test split, in order, and the test images the record
     shows: kept = {index: image} for the first two (the model's signature) and the first `keep`
     misclassified ones. One eager call per batch of the run's own size, which training has shown
     to fit: larger chunks held every layer's activations for all of them (+0.7 GB for seed_cnn on
     1,000 images), and the whole split as float32 can be larger than the data set's uint8 in memory.
-    Eager, not `model.predict`: no new function to trace for one pass."""
+    Eager, not `model.predict`: no new function to trace for one pass. Logits (`from_logits`) and a
+    single sigmoid unit become one probability per class (raw_inputs.probabilities)."""
     ys, probs, kept, seen = [], [], {}, 0
     for x, y in test_data:
-        p = np.asarray(model(x, training=False), dtype=np.float32)
+        p = raw_inputs.probabilities(model(x, training=False), from_logits).astype(np.float32)
         x, y = x.numpy(), y.numpy()
         wrong = np.flatnonzero(p.argmax(axis=-1) != y)
         for i in [*range(min(2 - min(seen, 2), len(x))), *wrong[:max(0, keep + 2 - len(kept))]]:
@@ -275,6 +276,28 @@ def model_summary(model):
     lines = []
     model.summary(print_fn=lambda line, **_: lines.append(line), line_length=100)
     return "\n".join(lines) + "\n"
+
+
+def portable(model, graph, cfg):
+    """The model as the MLflow model holds it: a subclassed model (runner.models.GraphModel, which
+    only loads where the runner is imported) as the same graph built with the functional API, with
+    its weights; any other as it is."""
+    if cfg.model.style != "subclass" or graph is None:
+        return model
+    from runner import models
+
+    functional = models.build(graph, "functional")
+    functional.set_weights(model.get_weights())
+    return functional
+
+
+def _preprocessing(model, data_info, cfg):
+    """What the logged model's pyfunc needs (runner.raw_inputs.spec): the data's preprocessing, the
+    class names for the model's outputs, whether they are logits, the custom layer modules."""
+    outputs = int(np.prod(model.output_shape[1:]))
+    return raw_inputs.spec(data_info.as_dict(), cfg.dataset.name, cfg.dataset.scale, outputs,
+                           from_logits=cfg.model.loss.get("from_logits", False),
+                           custom_layers=cfg.model.custom_layers)
 
 
 def log_model(model, cfg, preprocessing, step, summary):
@@ -303,7 +326,8 @@ def log_record(work, results, cfg, choices):
 
     log_early()  # the environment read while the model trained
     drawing = cfg.mlflow.log_figures
-    y, probs, kept = test_predictions(work.model, work.test_data) if drawing else (None, None, None)
+    logits = cfg.model.loss.get("from_logits", False)
+    y, probs, kept = test_predictions(work.model, work.test_data, from_logits=logits) if drawing else (None, None, None)
     with tempfile.TemporaryDirectory(prefix="runner-figures-") as tmp, ThreadPoolExecutor(2) as pool:
         summary = pool.submit(model_summary, work.model)  # Keras draws it with rich: 0.2 s
         drawn = drawing and pool.submit(figures.draw_run_figures, work.history, kept, y, probs,
@@ -311,8 +335,8 @@ def log_record(work, results, cfg, choices):
         # at the epoch its weights are from: the best one when best_checkpoint or early stopping restored it,
         # so MLflow links that epoch's metrics to it and search_logged_models ordered by them finds it
         step = int(results.get("restored_epoch") or len(work.history) or cfg.loop.epochs)
-        preprocessing = raw_inputs.spec(work.data_info.as_dict(), cfg.dataset.name, cfg.dataset.scale)
-        uri = log_model(work.model, cfg, preprocessing, step=step, summary=summary.result())
+        model = portable(work.model, work.graph, cfg)
+        uri = log_model(model, cfg, _preprocessing(model, work.data_info, cfg), step=step, summary=summary.result())
         if drawn:
             figures.log_drawn(tmp, drawn.result())  # a drawing error is raised here: the run is FAILED
     log_outcome(cfg, choices, results)
