@@ -300,9 +300,9 @@ def _preprocessing(model, data_info, cfg):
                            custom_layers=cfg.model.custom_layers)
 
 
-def log_model(model, cfg, preprocessing, step, summary):
+def log_model(work, cfg, step, summary):
     """The model summary and, when asked, the trained model as an MLflow model (runner.record.keras_raw:
-    the Keras flavour, and a pyfunc that takes raw inputs through the data set's `preprocessing`)
+    the Keras flavour, and a pyfunc that takes raw inputs through the data set's preprocessing)
     with its signature and pinned requirements, linked to the run's metrics at `step` (the last
     epoch's and the test metrics). Returns its `models:/` URI, or None."""
     mlflow.log_text(summary, "model_summary.txt")
@@ -312,8 +312,9 @@ def log_model(model, cfg, preprocessing, step, summary):
 
     from runner.record import keras_raw
 
+    model = portable(work.model, work.graph, cfg)
     info = Model.log(artifact_path=None, name=cfg.model.name or "model", flavor=keras_raw, keras_model=model, step=step,
-                     preprocessing=preprocessing,
+                     preprocessing=_preprocessing(model, work.data_info, cfg),
                      pip_requirements=[f"{p}=={version(p)}" for p in MODEL_REQUIREMENTS])
     return info.model_uri
 
@@ -335,8 +336,7 @@ def log_record(work, results, cfg, choices):
         # at the epoch its weights are from: the best one when best_checkpoint or early stopping restored it,
         # so MLflow links that epoch's metrics to it and search_logged_models ordered by them finds it
         step = int(results.get("restored_epoch") or len(work.history) or cfg.loop.epochs)
-        model = portable(work.model, work.graph, cfg)
-        uri = log_model(model, cfg, _preprocessing(model, work.data_info, cfg), step=step, summary=summary.result())
+        uri = log_model(work, cfg, step=step, summary=summary.result())
         if drawn:
             figures.log_drawn(tmp, drawn.result())  # a drawing error is raised here: the run is FAILED
     log_outcome(cfg, choices, results)
