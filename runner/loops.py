@@ -74,6 +74,8 @@ def built(model, element_spec):
     TensorFlow traces a function that creates variables twice (measured: two traces of train_step,
     0.35 s each on seed_cnn); under a strategy Keras does this itself. Keras' own `_symbolic_build`
     (keras<4), given the batch's spec; where it is missing or fails, fit builds as before."""
+    if getattr(model, "_distribute_strategy", None) is not None:  # Keras builds under its strategy itself
+        return
     try:
         model._symbolic_build(data_batch=tuple(element_spec) if isinstance(element_spec, tuple) else element_spec)
     except Exception:  # noqa: BLE001  (an odd input structure: Keras builds it in the trace)
