@@ -15,6 +15,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from plain_keras import tutorial_cnn  # bench/, beside this file
 
 parser = argparse.ArgumentParser()
 parser.add_argument("out", type=Path)
@@ -33,15 +34,7 @@ order = np.random.default_rng(0).permutation(len(x))
 x, y = x[order], y[order]
 x_test, y_test, x, y = x[-360:], y[-360:], x[:256], y[:256]
 
-model = keras.Sequential([
-    keras.Input((8, 8, 1)),
-    keras.layers.Conv2D(32, 3, activation="relu"),
-    keras.layers.Conv2D(64, 3, activation="relu"),
-    keras.layers.Flatten(),
-    keras.layers.Dense(128, activation="relu"),
-    keras.layers.Dense(10, activation="softmax"),
-])
-model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+model = tutorial_cnn((8, 8, 1))
 model.fit(x[:231], y[:231], validation_data=(x[231:], y[231:]), batch_size=32, epochs=1, verbose=0)
 model.evaluate(x_test, y_test, verbose=0)
 args.out.mkdir(parents=True, exist_ok=True)
