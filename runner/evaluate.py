@@ -40,14 +40,15 @@ def evaluate(client, model_ref, overrides, cwd="."):
     import mlflow.keras  # imports TensorFlow
     import numpy as np
 
-    from runner import environment
+    from runner import environment, models, raw_inputs
     from runner.record import Tag, figures, inputs, tracking
 
     environment.setup_devices()
+    models.import_layers(trained.model.custom_layers)
     model = mlflow.keras.load_model(model_uri)
     splits = data.load(cfg.dataset, info)
     y, probs, kept = tracking.test_predictions(model, data.pipeline(*splits.test, cfg.loop.batch_size),
-                                               from_logits=trained.model.loss.get("from_logits", False))
+                                               logits=raw_inputs.logits(trained.model.loss))
     picked = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
     metrics = {"test_accuracy": float(np.mean(probs.argmax(axis=-1) == y)), "test_loss": float(-np.mean(np.log(picked)))}
     model_id = getattr(mlflow.models.get_model_info(model_uri), "model_id", None)  # MLflow 3's link target

@@ -54,11 +54,9 @@ def float32_copy(model, graph, style):
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        copy = models.build(graph, style)
+        return models.rebuilt(model, graph, style)
     finally:
         keras.mixed_precision.set_global_policy(policy)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def export(model, formats, x, directory, graph, style):

@@ -88,6 +88,24 @@ class GraphModel(keras.Model):
         return super().from_config(config)
 
 
+def import_layers(modules):
+    """Import a config's `custom_layers` modules: their layer classes register themselves with Keras,
+    which a saved model's file names (Keras imports no module itself)."""
+    for module in modules:
+        importlib.import_module(module)
+
+
+def rebuilt(model, graph, style):
+    """The same graph built again in `style` (under the current dtype policy) with `model`'s weights,
+    copied layer by layer by name: the styles list their layers in different orders (a functional
+    model sorts them by depth, a subclass keeps the YAML's), so positions do not match."""
+    copy = build(graph, style)
+    for layer in copy.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return copy
+
+
 def output_shapes(model, graph):
     """The shape of each model output, from a symbolic call (works for all three styles)."""
     outputs = model(_one_or_list([keras.Input(shape) for shape in graph.inputs.values()]))

@@ -33,10 +33,13 @@ def predict(client, model_ref, path, out=None, top_k=3):
     names, labels, batches, total = _inputs(Path(path), cfg, info)  # checked before any prediction
     import mlflow.keras  # imports TensorFlow
 
+    from runner import models
+
+    models.import_layers(cfg.model.custom_layers)
     model = mlflow.keras.load_model(model_uri)
     outputs = int(np.prod(model.output_shape[1:]))
     classes = raw_inputs.spec(info, cfg.dataset.name, cfg.dataset.scale, outputs)["class_names"]
-    logits = cfg.model.loss.get("from_logits", False)
+    logits = raw_inputs.logits(cfg.model.loss)
     k = max(1, min(top_k, len(classes)))
     stream = open(out, "w", newline="") if out else sys.stdout
     try:

@@ -26,28 +26,38 @@ EPSILON = 1e-7  # keras.backend.epsilon(): Normalization's floor on a column's s
 BATCH = 256
 
 
-def spec(info, dataset_name, scale, outputs, from_logits=False, custom_layers=()):
+def spec(info, dataset_name, scale, outputs, logits=None, custom_layers=()):
     """The preprocessing of a run's data (its DataInfo as a dict) and what its model answers, as plain
     JSON: `kind` (table, images or arrays), the model's input shape, one class name per output (`outputs`
-    wide; by index past the data's names), whether the outputs are logits, a table's encoding, the
+    wide; by index past the data's names), how logits become probabilities (`logits`), a table's encoding, the
     arrays' scale ("none": as they are; else divided by 255, as training did), the custom layer modules."""
     kind = "table" if info.get("encoding") else "images" if dataset_name == "image_folder" else "arrays"
     scale = "auto" if dataset_name == "tfds" else scale  # TFDS images are uint8, divided by 255 whatever scale says
     names = [str(n) for n in info.get("class_names") or ()]
     names += [str(i) for i in range(len(names), max(outputs, 2 if outputs == 1 else 0))]
     return {"kind": kind, "input_shape": list(info["input_shape"]), "class_names": names,
-            "from_logits": bool(from_logits), "encoding": info.get("encoding"), "scale": str(scale),
+            "logits": logits, "encoding": info.get("encoding"), "scale": str(scale),
             "custom_layers": list(custom_layers)}
 
 
-def probabilities(outputs, from_logits=False):
-    """The model's outputs as one probability per class: softmax (sigmoid for one unit) of logits,
-    and a single sigmoid unit as the two classes' [1 - p, p]."""
+def logits(loss):
+    """How a model trained with `loss` (its config: class_name, from_logits) outputs: None for
+    probabilities, "sigmoid" for a binary loss's logits (one per unit), "softmax" for others'."""
+    if not loss or not loss.get("from_logits"):
+        return None
+    return "sigmoid" if "binary" in str(loss.get("class_name", "")).lower() else "softmax"
+
+
+def probabilities(outputs, logits=None):
+    """The model's outputs as probabilities: of logits (`logits`: "softmax", "sigmoid" per unit; one
+    unit is always a sigmoid), and a single unit as the two classes' [1 - p, p]."""
     out = np.asarray(outputs, dtype=np.float64)
     out = out.reshape(len(out), -1)
-    if from_logits:
-        out = 1 / (1 + np.exp(-out)) if out.shape[1] == 1 else np.exp(out - out.max(axis=1, keepdims=True))
-        out = out if out.shape[1] == 1 else out / out.sum(axis=1, keepdims=True)
+    if logits == "sigmoid" or (logits and out.shape[1] == 1):
+        out = 1 / (1 + np.exp(-out))
+    elif logits:
+        out = np.exp(out - out.max(axis=1, keepdims=True))
+        out = out / out.sum(axis=1, keepdims=True)
     return np.concatenate([1 - out, out], axis=1) if out.shape[1] == 1 else out
 
 
@@ -188,7 +198,7 @@ class RawInputs:
 
     def predict(self, data, params=None):
         x = model_input(self.preprocessing, data)
-        logits = self.preprocessing.get("from_logits", False)
+        logits = self.preprocessing.get("logits")
         probs = [probabilities(self.model(x[i:i + BATCH], training=False), logits) for i in range(0, len(x), BATCH)]
         names = self.preprocessing["class_names"]
         return answer(names, np.concatenate(probs) if probs else np.zeros((0, len(names))))

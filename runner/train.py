@@ -177,11 +177,12 @@ def export_finished(client, run, formats):
     export.validate(formats, "--format")
     import mlflow.keras  # imports TensorFlow
 
-    from runner import data, environment
+    from runner import data, environment, models
     from runner.record import registry
 
     cfg, _, info = checked(record.logged_config(run.info.run_id, export=list(formats)), ".")
     environment.setup_devices()
+    models.import_layers(cfg.model.custom_layers)
     model = mlflow.keras.load_model(registry.logged_model(client, run).model_uri)
     splits = data.load(cfg.dataset, info)
     return exported(model, cfg, data.pipeline(*splits.test, cfg.loop.batch_size), run.info.run_id, client)

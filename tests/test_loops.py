@@ -125,3 +125,16 @@ def test_mirrored_strategy_on_two_cpu_replicas_gives_the_same_metrics(tmp_path):
         # device, summed in another order, so the metrics agree to float32 rounding over 36 steps.
         for key in ("val_loss", "test_loss", "test_accuracy"):
             assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-3), (loop, key)
+
+
+def test_fit_traces_its_train_step_once(make_cfg, monkeypatch):
+    """The optimizer's, loss's and metrics' state is built before fit (loops.built): without it, the first
+    trace creates variables and TensorFlow traces the step a second time (plain Keras does, measured)."""
+    from keras.src.backend.tensorflow import trainer
+
+    work = prepared(make_cfg, "loop.epochs=2", "dataset.limit=128", "loop.verbose=0")
+    traces, real = [], trainer.TensorFlowTrainer.train_step
+    monkeypatch.setattr(trainer.TensorFlowTrainer, "train_step", lambda self, data: traces.append(1) or real(self, data))
+    assert not work.model.optimizer.built
+    work.train()
+    assert work.model.optimizer.built and len(traces) == 1

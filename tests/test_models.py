@@ -180,3 +180,20 @@ def test_regularised_layers_are_built_with_the_keras_objects(make_cfg):
     assert isinstance(dense.kernel_regularizer, keras.regularizers.L2) and dense.kernel_regularizer.l2 == pytest.approx(1e-3)
     assert isinstance(dense.kernel_initializer, keras.initializers.HeNormal)
     assert isinstance(dense.kernel_constraint, keras.constraints.MaxNorm)
+
+
+@pytest.mark.parametrize("style", models.STYLES[1:])
+def test_a_model_rebuilt_in_another_style_has_its_weights_layer_by_layer(style):
+    """A merge that lists a later branch first: the functional model sorts its layers by depth (a, c, b),
+    the subclass keeps the YAML's order (a, b, c), so b's and c's same-shaped kernels would swap by position."""
+    layers = [{"type": "Dense", "units": 8, "name": "a"},
+              {"type": "Dense", "units": 4, "name": "b", "inputs": ["input"]},
+              {"type": "Dense", "units": 4, "name": "c", "inputs": ["a"]},
+              {"type": "Concatenate", "name": "cat", "inputs": ["c", "b"]},
+              {"type": "Dense", "units": 3, "activation": "softmax"}]
+    graph = Graph.parse(layers, input_shape=[8])
+    keras.utils.set_random_seed(1)
+    trained = models.build(graph, "subclass" if style == "functional" else "functional")
+    copy = models.rebuilt(trained, graph, style)
+    x = np.random.default_rng(0).random((5, 8), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(copy(x)), np.asarray(trained(x)), rtol=1e-6)

@@ -76,8 +76,12 @@ def test_class_names_cover_every_output_and_logits_become_probabilities():
     info = {"num_classes": 10, "input_shape": [8, 8, 1], "class_names": None}
     assert raw_inputs.spec(info, "digits", "auto", outputs=12)["class_names"] == [str(i) for i in range(12)]
     assert raw_inputs.spec({**info, "class_names": ["no", "yes"]}, "csv", "auto", outputs=1)["class_names"] == ["no", "yes"]
-    np.testing.assert_allclose(raw_inputs.probabilities([[0.0, np.log(3.0)]], from_logits=True), [[0.25, 0.75]])
-    np.testing.assert_allclose(raw_inputs.probabilities([[0.0]], from_logits=True), [[0.5, 0.5]])
+    np.testing.assert_allclose(raw_inputs.probabilities([[0.0, np.log(3.0)]], "softmax"), [[0.25, 0.75]])
+    np.testing.assert_allclose(raw_inputs.probabilities([[0.0]], "softmax"), [[0.5, 0.5]])
+    np.testing.assert_allclose(raw_inputs.probabilities([[0.0, np.log(3.0)]], "sigmoid"), [[0.5, 0.75]])  # multi-label
+    assert raw_inputs.logits({"class_name": "BinaryCrossentropy", "from_logits": True}) == "sigmoid"
+    assert raw_inputs.logits({"class_name": "SparseCategoricalCrossentropy", "from_logits": True}) == "softmax"
+    assert raw_inputs.logits({"class_name": "SparseCategoricalCrossentropy", "from_logits": False}) is None
     np.testing.assert_allclose(raw_inputs.probabilities([[0.2], [0.9]]), [[0.8, 0.2], [0.1, 0.9]])
     np.testing.assert_allclose(raw_inputs.probabilities([[0.3, 0.7]]), [[0.3, 0.7]])  # probabilities stay
 

@@ -287,6 +287,35 @@ def test_resume_refuses_an_override_it_would_ignore_and_takes_one_it_already_has
     assert run.info.run_id == stopped and run_dir.path == tmp_path
 
 
+def test_resume_compares_what_the_command_composes_with_the_saved_config(make_cfg, store, tmp_path):
+    """Composed and checked as a job is (paths made absolute), then compared key by key."""
+    import numpy as np
+
+    from runner.train import checked
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 255, (60, 8, 8), dtype=np.uint8), y_train=np.arange(60) % 3,
+             x_test=rng.integers(0, 255, (12, 8, 8), dtype=np.uint8), y_test=np.arange(12) % 3)
+    first = ["dataset=npz", "dataset.path=d.npz", "loop.epochs=2", "optimizer.learning_rate=0.001",
+             "callbacks=early_stopping"]
+    saved = checked(make_cfg(*first), tmp_path)[0]
+    assert saved.dataset.path == str(tmp_path / "d.npz")
+    mlflow.set_tracking_uri(store)
+    client = MlflowClient()
+    stopped = client.create_run(mlflow.create_experiment("runner"),
+                                tags={Tag.OUTPUT_DIR: str(tmp_path), "dataset": "npz"}).info.run_id  # its choices
+    client.set_terminated(stopped, "KILLED")
+    OmegaConf.save(saved, tmp_path / "config.yaml")
+    again = ["dataset=npz", "dataset.path=d.npz", "loop.epochs=2", "optimizer.learning_rate=1e-3",
+             "callbacks=early_stopping"]
+    run, _ = record.resumable_run(stopped, [f"resume={stopped}", *again], checked(make_cfg(*again), tmp_path)[0])
+    assert run.info.run_id == stopped
+    for changed in (["loop.epochs=3"], ["optimizer.learning_rate=2e-3"], ["callbacks=best_checkpoint"]):
+        overrides = [*again[:2], *changed]
+        with pytest.raises(ConfigError, match=f"so '{re.escape(changed[0])}' would be ignored"):
+            record.resumable_run(stopped, [f"resume={stopped}", *overrides], checked(make_cfg(*overrides), tmp_path)[0])
+
+
 def test_resume_refuses_a_run_whose_owner_is_alive(store, tmp_path):
     mlflow.set_tracking_uri(store)
     experiment = mlflow.create_experiment("runner")

@@ -25,7 +25,7 @@ def dense(inputs, outputs, activation="softmax"):
 
 def test_a_table_model_takes_raw_rows_of_any_number_type(tmp_path):
     encoding = {"numeric": ["age"], "mean": [40.0], "variance": [100.0], "vocab": {"colour": ["blue", "red"]}}
-    spec = {"kind": "table", "input_shape": [4], "class_names": ["no", "yes"], "from_logits": False,
+    spec = {"kind": "table", "input_shape": [4], "class_names": ["no", "yes"], "logits": None,
             "encoding": encoding, "scale": "auto", "custom_layers": []}
     model = dense((4,), 2)
     path = saved(tmp_path, model, spec)
@@ -48,7 +48,7 @@ def test_a_table_model_takes_raw_rows_of_any_number_type(tmp_path):
 ])
 def test_an_array_model_takes_arrays_as_the_data_set_holds_them(tmp_path, scale, pixels, divide):
     spec = {"kind": "arrays", "input_shape": [8, 8, 1], "class_names": [str(i) for i in range(10)],
-            "from_logits": True, "encoding": None, "scale": scale, "custom_layers": []}
+            "logits": "softmax", "encoding": None, "scale": scale, "custom_layers": []}
     model = dense((8, 8, 1), 10, activation=None)  # logits
     served = mlflow.pyfunc.load_model(saved(tmp_path, model, spec))
     answer = served.predict(pixels)
@@ -58,3 +58,17 @@ def test_an_array_model_takes_arrays_as_the_data_set_holds_them(tmp_path, scale,
     np.testing.assert_allclose(answer["probability"], probs.max(axis=1), rtol=1e-4)
     with pytest.raises(Exception, match=r"inputs of shape \[8, 8, 1\]"):
         served.predict(np.zeros((2, 7, 7, 1), np.uint8))
+
+
+def test_custom_layer_modules_travel_whole_and_installed_packages_do_not(tmp_path, monkeypatch):
+    (tmp_path / "src" / "pkg").mkdir(parents=True)
+    for name, text in {"__init__.py": "", "helpers.py": "K = 2\n", "layers.py": "from .helpers import K\n"}.items():
+        (tmp_path / "src" / "pkg" / name).write_text(text)
+    (tmp_path / "src" / "flat.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    code = tmp_path / "code"
+    code.mkdir()
+    for module in ("pkg.layers", "pkg", "flat", "numpy"):  # a package twice: one copy, no error
+        keras_raw._ship(module, str(code))
+    assert sorted(p.relative_to(code).as_posix() for p in code.rglob("*.py")) == [
+        "flat.py", "pkg/__init__.py", "pkg/helpers.py", "pkg/layers.py"]

@@ -4,6 +4,7 @@ model's own input) and a `python_function` flavour that takes raw inputs as the 
 `mlflow.models.Model.log`, which makes it a logged model like `mlflow.keras.log_model` does."""
 
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -30,13 +31,26 @@ def save_model(keras_model, path, mlflow_model, preprocessing, pip_requirements)
     os.makedirs(os.path.join(path, "code"), exist_ok=True)
     shutil.copyfile(raw_inputs.__file__, os.path.join(path, "code", f"{raw_inputs.MODULE}.py"))
     for module in preprocessing["custom_layers"]:  # the model's own layers load where it is served
-        source = importlib.import_module(module).__file__
-        if os.path.basename(source) == "__init__.py":
-            shutil.copytree(os.path.dirname(source), os.path.join(path, "code", *module.split(".")))
-        else:
-            target = os.path.join(path, "code", *module.split(".")[:-1])
-            os.makedirs(target, exist_ok=True)
-            shutil.copyfile(source, os.path.join(target, os.path.basename(source)))
+        _ship(module, os.path.join(path, "code"))
     mlflow_model.flavors[pyfunc.FLAVOR_NAME].update(loader_module=raw_inputs.MODULE, data=data, code="code")
     mlflow_model.signature = raw_inputs.signature(preprocessing)  # what pyfunc and serving check inputs against
     mlflow_model.save(os.path.join(path, "MLmodel"))
+
+
+def _ship(module, code):
+    """Copy a custom layer module's source into the model's `code/`: a top-level file as it is, a
+    module of a package as its whole top-level package (its siblings and relative imports with it).
+    An installed package (site-packages) is not copied: the serving environment installs it."""
+    import sysconfig
+
+    top = module.split(".")[0]
+    spec = importlib.util.find_spec(top)
+    origin = spec.origin if spec and spec.origin else None
+    if origin is None or os.path.realpath(origin).startswith(
+            tuple(os.path.realpath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib"))):
+        return
+    if os.path.basename(origin) == "__init__.py":
+        shutil.copytree(os.path.dirname(origin), os.path.join(code, top), dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    else:
+        shutil.copyfile(origin, os.path.join(code, os.path.basename(origin)))

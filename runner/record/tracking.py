@@ -251,17 +251,17 @@ def callbacks(loop_cfg, first_step=0):
     return [MlflowMetrics(), *([MlflowBatchLoss(every, first_step)] if every else [])]
 
 
-def test_predictions(model, test_data, keep=25, from_logits=False):
+def test_predictions(model, test_data, keep=25, logits=None):
     """(y, class probabilities, kept) of the test split, in order, and the test images the record
     shows: kept = {index: image} for the first two (the model's signature) and the first `keep`
     misclassified ones. One eager call per batch of the run's own size, which training has shown
     to fit: larger chunks held every layer's activations for all of them (+0.7 GB for seed_cnn on
     1,000 images), and the whole split as float32 can be larger than the data set's uint8 in memory.
-    Eager, not `model.predict`: no new function to trace for one pass. Logits (`from_logits`) and a
+    Eager, not `model.predict`: no new function to trace for one pass. Logits (`logits`: raw_inputs.logits) and a
     single sigmoid unit become one probability per class (raw_inputs.probabilities)."""
     ys, probs, kept, seen = [], [], {}, 0
     for x, y in test_data:
-        p = raw_inputs.probabilities(model(x, training=False), from_logits).astype(np.float32)
+        p = raw_inputs.probabilities(model(x, training=False), logits).astype(np.float32)
         x, y = x.numpy(), y.numpy()
         wrong = np.flatnonzero(p.argmax(axis=-1) != y)
         for i in [*range(min(2 - min(seen, 2), len(x))), *wrong[:max(0, keep + 2 - len(kept))]]:
@@ -286,8 +286,8 @@ def portable(model, graph, cfg):
         return model
     from runner import models
 
-    functional = models.build(graph, "functional")
-    functional.set_weights(model.get_weights())
+    functional = models.rebuilt(model, graph, "functional")
+    functional.name = model.name
     return functional
 
 
@@ -296,7 +296,7 @@ def _preprocessing(model, data_info, cfg):
     class names for the model's outputs, whether they are logits, the custom layer modules."""
     outputs = int(np.prod(model.output_shape[1:]))
     return raw_inputs.spec(data_info.as_dict(), cfg.dataset.name, cfg.dataset.scale, outputs,
-                           from_logits=cfg.model.loss.get("from_logits", False),
+                           logits=raw_inputs.logits(cfg.model.loss),
                            custom_layers=cfg.model.custom_layers)
 
 
@@ -327,8 +327,8 @@ def log_record(work, results, cfg, choices):
 
     log_early()  # the environment read while the model trained
     drawing = cfg.mlflow.log_figures
-    logits = cfg.model.loss.get("from_logits", False)
-    y, probs, kept = test_predictions(work.model, work.test_data, from_logits=logits) if drawing else (None, None, None)
+    logits = raw_inputs.logits(cfg.model.loss)
+    y, probs, kept = test_predictions(work.model, work.test_data, logits=logits) if drawing else (None, None, None)
     with tempfile.TemporaryDirectory(prefix="runner-figures-") as tmp, ThreadPoolExecutor(2) as pool:
         summary = pool.submit(model_summary, work.model)  # Keras draws it with rich: 0.2 s
         drawn = drawing and pool.submit(figures.draw_run_figures, work.history, kept, y, probs,
