@@ -20,6 +20,21 @@ MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.
 ALONE = ("test_slurm", "test_ray", "test_server", "test_multi_worker", "test_serve", "test_browser", "test_bench")
 
 
+@pytest.fixture(autouse=True)
+def _own_tracking_uri():
+    """Each test's MLflow store stays its own: `mlflow.set_tracking_uri` also sets MLFLOW_TRACKING_URI in
+    os.environ, which every later subprocess of the session (a Ray cluster's workers) would inherit."""
+    import os
+    import sys
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
+    if before is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(items):
     for item in items:

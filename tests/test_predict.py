@@ -132,19 +132,21 @@ def test_an_npz_of_the_trained_shape_is_labelled_and_another_shape_refused(tmp_p
     assert wrong.returncode == 2 and "has examples of shape [9, 9, 1]; the model takes [8, 8, 1]" in wrong.stderr
 
 
-def _pyfunc(tmp, run):
-    """The run's logged model through MLflow's pyfunc, as a user loads it: (model, its models:/ URI)."""
+def _pyfunc(tmp, run, monkeypatch):
+    """The run's logged model through MLflow's pyfunc, as a user loads it: (model, its models:/ URI). The
+    store through the environment, for this test only: mlflow.set_tracking_uri would also set it in
+    os.environ, for every later subprocess of the session (a Ray cluster's workers among them)."""
     import mlflow
 
     from conftest import store_uri
 
-    mlflow.set_tracking_uri(store_uri(tmp))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri(tmp))
     (output,) = run.outputs.model_outputs
     uri = f"models:/{output.model_id}"
     return mlflow.pyfunc.load_model(uri), uri
 
 
-def test_the_logged_model_takes_image_files_through_pyfunc(folder_run, tmp_path):
+def test_the_logged_model_takes_image_files_through_pyfunc(folder_run, tmp_path, monkeypatch):
     """The preprocessing travels with the model: pyfunc takes the files' bytes (any size: resized as in
     training) and answers with class names, as `runner predict` does."""
     import pandas as pd
@@ -153,7 +155,7 @@ def test_the_logged_model_takes_image_files_through_pyfunc(folder_run, tmp_path)
     images(tmp_path / "new", 3, nested=False)
     Image.fromarray(np.full((40, 24, 3), 230, np.uint8)).save(tmp_path / "new" / "bright_large.png")
     files = sorted((tmp_path / "new").iterdir())
-    model, _ = _pyfunc(tmp, run)
+    model, _ = _pyfunc(tmp, run, monkeypatch)
     assert [c.name for c in model.metadata.get_input_schema().inputs] == ["image"]
     answer = model.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
     assert list(answer.columns) == ["predicted", "probability", "p_bright", "p_dark"]
@@ -168,14 +170,14 @@ def test_the_logged_model_takes_image_files_through_pyfunc(folder_run, tmp_path)
         model.predict(pd.DataFrame({"image": ["not bytes"]}))
 
 
-def test_the_logged_model_takes_raw_csv_rows_through_pyfunc_and_mlflow_models_serve(table_run):
+def test_the_logged_model_takes_raw_csv_rows_through_pyfunc_and_mlflow_models_serve(table_run, monkeypatch):
     import pandas as pd
 
     from test_serve import post, served
 
     tmp, run = table_run
     rows = pd.DataFrame({"colour": ["red", "blue", "green"], "size": [0.4, 9.8, 10.5], "note": ["a", "b", "c"]})
-    model, uri = _pyfunc(tmp, run)
+    model, uri = _pyfunc(tmp, run, monkeypatch)
     answer = model.predict(rows)  # columns by name, in any order; extra ones ignored; "green" unseen
     assert list(answer["predicted"]) == ["small", "big", "big"]
     assert np.allclose(answer[["p_big", "p_small"]].sum(axis=1), 1, atol=1e-5)
