@@ -77,7 +77,7 @@ def built(model, element_spec):
     if getattr(model, "_distribute_strategy", None) is not None:  # Keras builds under its strategy itself
         return
     try:
-        model._symbolic_build(data_batch=tuple(element_spec) if isinstance(element_spec, tuple) else element_spec)
+        model._symbolic_build(data_batch=element_spec)
     except Exception:  # noqa: BLE001  (an odd input structure: Keras builds it in the trace)
         pass
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runner.errors import ConfigError
-
 from runner import raw_inputs
+from runner.errors import ConfigError
 from runner.raw_inputs import BATCH
 
 

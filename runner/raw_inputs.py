@@ -15,6 +15,7 @@ Self-contained on purpose (numpy, pandas and Keras/TensorFlow, nothing of `runne
 where the runner is not installed still loads.
 """
 
+import importlib
 import json
 import os
 
@@ -34,7 +35,8 @@ def spec(info, dataset_name, scale, outputs, logits=None, custom_layers=()):
     kind = "table" if info.get("encoding") else "images" if dataset_name == "image_folder" else "arrays"
     scale = "auto" if dataset_name == "tfds" else scale  # TFDS images are uint8, divided by 255 whatever scale says
     names = [str(n) for n in info.get("class_names") or ()]
-    names += [str(i) for i in range(len(names), max(outputs, 2 if outputs == 1 else 0))]
+    width = 2 if outputs == 1 else outputs  # a single sigmoid unit answers for two classes
+    names += [str(i) for i in range(len(names), width)]
     return {"kind": kind, "input_shape": list(info["input_shape"]), "class_names": names,
             "logits": logits, "encoding": info.get("encoding"), "scale": str(scale),
             "custom_layers": list(custom_layers)}
@@ -207,8 +209,6 @@ class RawInputs:
 def _load_pyfunc(path):
     """MLflow's pyfunc loader: `path` is the model's data folder (the Keras file and SPEC)."""
     import keras
-
-    import importlib
 
     with open(os.path.join(path, SPEC)) as f:
         preprocessing = json.load(f)

@@ -11,8 +11,8 @@ import numpy as np
 import tensorflow as tf
 
 from runner.data.folders import Files
-from runner.raw_inputs import decode_image
 from runner.data.tfds import SHUFFLE_BUFFER, Stream
+from runner.raw_inputs import decode_image
 
 PARALLEL = 2  # this machine's cores; autotuning is off (see _options)
 

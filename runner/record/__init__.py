@@ -24,8 +24,8 @@ _EXPORTS = {
     "search": ("children", "finished_run", "sweep_parent", "quoted"),
     "ownership": ("owner", "owner_alive", "close_dead_runs"),
     "rundir": ("RunDir",),
-    "run": ("params", "flatten", "public_yaml", "logged_config", "logged_data_info", "identity", "resumed_tags", "resumable_run", "started", "end",
-            "set_output_dir", "record_failure"),
+    "run": ("params", "flatten", "public_yaml", "logged_config", "logged_data_info", "identity", "resumed_tags",
+            "resumable_run", "started", "end", "set_output_dir", "record_failure"),
     "redaction": ("redact", "redact_override", "redact_uri", "redact_text", "install_log_redaction"),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -3,7 +3,6 @@ model's own input) and a `python_function` flavour that takes raw inputs as the 
 (`runner.raw_inputs`: the preprocessing travels with the model). A flavour module for
 `mlflow.models.Model.log`, which makes it a logged model like `mlflow.keras.log_model` does."""
 
-import importlib
 import importlib.util
 import json
 import os

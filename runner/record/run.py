@@ -95,8 +95,9 @@ def resumable_run(run_id, overrides, cfg):
     if run is None:
         raise ConfigError(f"resume: no run {run_id!r} in {current_uri()}.")
     run_dir = RunDir(run.data.tags[Tag.OUTPUT_DIR]) if Tag.OUTPUT_DIR in run.data.tags else None
+    saved = _saved_config(run_dir)
     changed = [o for o in overrides if not override_key(o).startswith(RESUME_OVERRIDES)
-               and not _as_saved(o, run, run_dir, cfg)]
+               and not _as_saved(o, run, saved, cfg)]
     if changed:
         raise ConfigError(
             f"resume: a resumed run keeps the config it started with, so {' '.join(map(redact_override, changed))!r} "
@@ -124,21 +125,29 @@ def resumable_run(run_id, overrides, cfg):
     return run, run_dir
 
 
-def _as_saved(override, run, run_dir, cfg):
+def _saved_config(run_dir):
+    """The config a run saved in its directory (unmasked), or None when there is none to read."""
+    try:
+        return OmegaConf.load(run_dir.config) if run_dir is not None and run_dir.config.is_file() else None
+    except Exception:  # noqa: BLE001  (a damaged file: no override can be shown to match it)
+        return None
+
+
+def _as_saved(override, run, saved, cfg):
     """Whether `override` sets what run `run` already has: a group's choice (its tag), or a key whose
-    value in the composed config `cfg` (paths made absolute, interpolations resolved) is the run's
-    saved one. Repeating the command that started a run, with resume= added, resumes it."""
+    value in the composed config `cfg` (paths made absolute, interpolations resolved) is the one in
+    its `saved` config. Repeating the command that started a run, with resume= added, resumes it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         parsed = OverridesParser.create().parse_overrides([override])[0]
-        if parsed.is_delete() or parsed.is_sweep_override() or run_dir is None or not run_dir.config.is_file():
+        if parsed.is_delete() or parsed.is_sweep_override() or saved is None:
             return False
         key = parsed.key_or_group
         if key in GROUPS:
             return run.data.tags.get(key) == str(parsed.value())
         missing = object()
-        ours, saved = (OmegaConf.select(c, key, default=missing) for c in (cfg, OmegaConf.load(run_dir.config)))
+        ours, saved = (OmegaConf.select(c, key, default=missing) for c in (cfg, saved))
         if ours is missing or saved is missing:
             return False
         plain = [OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for v in (ours, saved)]

@@ -73,8 +73,9 @@ def log_start(cfg, model, job, data_info):
 def _start_early(cfg, cwd):
     """Start what the end of the record needs and can have before the model is trained: the
     environment (git's subprocesses, the package list), matplotlib's first drawing (its fonts, a
-    third of a second) and MLflow's map of installed packages, in a thread while the model trains (TensorFlow works outside the GIL). Not
-    the model summary: its optimizer lines depend on whether training has built the optimizer yet."""
+    third of a second) and MLflow's map of installed packages, in a thread while the model trains
+    (TensorFlow works outside the GIL). Not the model summary: its optimizer lines depend on whether
+    training has built the optimizer yet."""
     from runner.record import figures
 
     global _early
@@ -257,8 +258,8 @@ def test_predictions(model, test_data, keep=25, logits=None):
     misclassified ones. One eager call per batch of the run's own size, which training has shown
     to fit: larger chunks held every layer's activations for all of them (+0.7 GB for seed_cnn on
     1,000 images), and the whole split as float32 can be larger than the data set's uint8 in memory.
-    Eager, not `model.predict`: no new function to trace for one pass. Logits (`logits`: raw_inputs.logits) and a
-    single sigmoid unit become one probability per class (raw_inputs.probabilities)."""
+    Eager, not `model.predict`: no new function to trace for one pass. Logits (`logits`:
+    raw_inputs.logits) and a single sigmoid unit become one probability per class."""
     ys, probs, kept, seen = [], [], {}, 0
     for x, y in test_data:
         p = raw_inputs.probabilities(model(x, training=False), logits).astype(np.float32)
@@ -331,8 +332,7 @@ def log_record(work, results, cfg, choices):
     y, probs, kept = test_predictions(work.model, work.test_data, logits=logits) if drawing else (None, None, None)
     with tempfile.TemporaryDirectory(prefix="runner-figures-") as tmp, ThreadPoolExecutor(2) as pool:
         summary = pool.submit(model_summary, work.model)  # Keras draws it with rich: 0.2 s
-        drawn = drawing and pool.submit(figures.draw_run_figures, work.history, kept, y, probs,
-                                                       work.model, tmp)
+        drawn = drawing and pool.submit(figures.draw_run_figures, work.history, kept, y, probs, work.model, tmp)
         # at the epoch its weights are from: the best one when best_checkpoint or early stopping restored it,
         # so MLflow links that epoch's metrics to it and search_logged_models ordered by them finds it
         step = int(results.get("restored_epoch") or len(work.history) or cfg.loop.epochs)
