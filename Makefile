@@ -31,14 +31,14 @@ server-postgres: ## the same on PostgreSQL (PG_URI; default .ci/services.sh's), 
 		--backend-store-uri "$${PG_URI:-$$(bash .ci/services.sh start postgres)}" \
 		--artifacts-destination $(or $(ARTIFACTS),$(CURDIR)/mlartifacts-server)
 
-test: ## every test, the slow (real training) ones included
-	$(PYTHON) -m pytest
+test: ## every test, the slow (real training) ones included, on two workers
+	$(PYTHON) -m pytest -n 2
 
 tutorial: ## the tutorial's result reproduced: experiment=seed_mnist, 5 epochs of real MNIST (7 to 15 minutes)
 	$(PYTHON) -m pytest -m tutorial tests/test_mnist.py
 
 test-fast: ## the fast tests only (under about 3 minutes)
-	$(PYTHON) -m pytest -m "not slow"
+	$(PYTHON) -m pytest -n 2 -m "not slow"
 
 bench: ## the benchmarks against plain Keras and their targets (about 20 minutes here, see BENCHMARKS.md; needs ../shared/data/mnist.npz)
 	$(PYTHON) bench/bench.py

@@ -35,6 +35,17 @@ def _own_tracking_uri():
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+def pytest_configure(config):
+    """Under `pytest -n 2` each worker's TensorFlow, and every `runner` it starts, uses one thread for
+    its ops: two workers then share the two cores instead of four busy-waiting thread pools fighting for
+    them. TensorFlow reads these when it starts; a test that sets its own keeps it."""
+    import os
+
+    if hasattr(config, "workerinput"):  # an xdist worker
+        for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(items):
     for item in items:
