@@ -37,7 +37,7 @@ test: ## every test, the slow (real training) ones included, on two workers
 tutorial: ## the tutorial's result reproduced: experiment=seed_mnist, 5 epochs of real MNIST (7 to 15 minutes)
 	$(PYTHON) -m pytest -m tutorial tests/test_mnist.py
 
-test-fast: ## the fast tests only (under about 3 minutes)
+test-fast: ## the fast tests only, on two workers (about 2 minutes)
 	$(PYTHON) -m pytest -n 2 -m "not slow"
 
 bench: ## the benchmarks against plain Keras and their targets (about 20 minutes here, see BENCHMARKS.md; needs ../shared/data/mnist.npz)
