@@ -52,8 +52,10 @@ install() {
 
 slurm_conf() {
     # The node's CPUs and memory as slurmd sees them; no cgroups (containers rarely allow them).
+    # nproc honours OMP_NUM_THREADS, which a test worker sets to 1: a one-CPU node then leaves a job of
+    # two tasks pending for ever (PartitionConfig).
     local cpus mem
-    cpus=$(nproc)
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
     mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
     mkdir -p /etc/slurm "$STATE/slurm/ctld" "$STATE/slurm/d"
     cat >/etc/slurm/slurm.conf <<EOF
