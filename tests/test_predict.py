@@ -28,8 +28,8 @@ def images(folder, n, classes=("bright", "dark"), nested=True, mode="RGB"):
 def folder_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("predict_images")
     images(tmp / "photos", 30)
-    done = cli("dataset=image_folder", "dataset.path=photos", "model=mlp", *TINY, "loop.epochs=30",
-               "optimizer.learning_rate=0.003", cwd=tmp)  # 42 training images: 2 steps an epoch
+    done = cli("dataset=image_folder", "dataset.path=photos", "model=mlp", *TINY, "loop.epochs=30", "loop.batch_size=8",
+               "optimizer.learning_rate=0.003", cwd=tmp)  # 42 training images: 6 steps an epoch, 180 in all
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp, only_run(tmp)[1]
 
