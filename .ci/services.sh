@@ -52,10 +52,8 @@ install() {
 
 slurm_conf() {
     # The node's CPUs and memory as slurmd sees them; no cgroups (containers rarely allow them).
-    # nproc honours OMP_NUM_THREADS, which a test worker sets to 1: a one-CPU node then leaves a job of
-    # two tasks pending for ever (PartitionConfig).
     local cpus mem
-    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+    cpus=$(node_cpus)
     mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
     mkdir -p /etc/slurm "$STATE/slurm/ctld" "$STATE/slurm/d"
     cat >/etc/slurm/slurm.conf <<EOF
@@ -95,10 +93,18 @@ EOF
 
 munge_up() { munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
 slurm_up() { sinfo 2>/dev/null -h -o '%T' -p "$PARTITION" | grep -qE '^(idle|mixed|allocated)'; }
+# nproc honours OMP_NUM_THREADS, which a test worker sets to 1: a one-CPU node would leave a job of two
+# tasks pending for ever (reason PartitionConfig).
+node_cpus() { env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc; }
+slurm_cpus() { scontrol show node localhost 2>/dev/null | sed -n 's/.*CPUTot=\([0-9]*\).*/\1/p'; }
 
 start_slurm() {
     command -v slurmctld >/dev/null || die "slurm-wlm is not installed (run: $0 install)"
-    if munge_up && slurm_up; then echo "$PARTITION"; return 0; fi
+    if munge_up && slurm_up; then
+        [ "$(slurm_cpus)" = "$(node_cpus)" ] && { echo "$PARTITION"; return 0; }
+        log "the running node has $(slurm_cpus) CPUs, this machine $(node_cpus): restarting SLURM"
+        stop_slurm
+    fi
     if ! munge_up; then
         [ -s /etc/munge/munge.key ] || { mkdir -p /etc/munge; dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; }
         chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key

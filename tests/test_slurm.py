@@ -84,6 +84,19 @@ def test_scancel_ends_the_run_killed_with_its_checkpoint_and_resume_finishes_it(
     assert "CANCELLED" in log and "runner: interrupted: terminated by SIGTERM" in log
 
 
+def test_a_request_no_node_can_meet_is_refused_before_any_job_or_run(tmp_path, slurm):
+    # The node has the machine's CPUs: 64 tasks on it would pend for ever (reason PartitionConfig).
+    queue = ["squeue", "-h", "-o", "%i"]
+    before = subprocess.run(queue, capture_output=True, text=True, check=True).stdout
+    done = cli("-m", "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=64", "optimizer=adam,sgd", *QUICK,
+               cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "hydra.launcher (SLURM: " in done.stderr and "tasks_per_node=64" in done.stderr
+    assert "Requested node configuration is not available" in done.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "multirun").exists()
+    assert subprocess.run(queue, capture_output=True, text=True, check=True).stdout == before  # nothing submitted
+
+
 def test_a_sweep_on_submitits_local_executor(tmp_path):
     done = cli("-m", "hydra/launcher=submitit_local", "optimizer=adam,sgd", *QUICK, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -43,6 +43,8 @@ class SweepCallback(Callback):
 
         try:  # the objective, seeds, guards and registry name, for any sweeper, before the parent run exists
             objective.validate(config)
+            if str(config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher"):
+                slurm_fits(config.hydra.launcher)
         except ConfigError as error:
             _refuse(str(error))
 
@@ -175,6 +177,40 @@ def not_run(jobs, max_failures):
     for job in missing:
         job["status"] = "NOT RUN"
     return f"sweep.max_failures={max_failures} reached ({failed} failed): {len(missing)} jobs NOT RUN"
+
+
+def slurm_fits(launcher):
+    """`sbatch --test-only` of the job script submitit would submit for this launcher config: a request no
+    node of the partition can meet (more tasks, CPUs, memory or GPUs than it has) is refused now, where
+    SLURM would leave the job pending for ever and the sweep waiting on it."""
+    import subprocess
+    import tempfile
+
+    import submitit
+    from hydra.utils import instantiate
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    params = instantiate(launcher).params
+    with tempfile.TemporaryDirectory() as folder:
+        # As the launcher builds its executor (hydra_submitit_launcher's launch): only the folder differs.
+        executor = submitit.AutoExecutor(cluster="slurm", folder=folder, **(
+            {"slurm_max_num_timeout": params["max_num_timeout"]} if "max_num_timeout" in params else {}))
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()
+                                      if k not in ("submitit_folder", "max_num_timeout")})
+        script = os.path.join(folder, "test.sh")
+        with open(script, "w") as out:
+            out.write(executor._executor._make_submission_file_text("true", "test"))
+        try:
+            done = subprocess.run(["sbatch", "--test-only", script], capture_output=True, text=True, timeout=60)
+        except FileNotFoundError:
+            return  # no sbatch here: submitit says so when it submits
+    if done.returncode:
+        asked = ", ".join(f"{k}={params[k]}" for k in ("partition", "nodes", "tasks_per_node", "cpus_per_task", "mem_gb",
+                                                       "gpus_per_node", "timeout_min") if params.get(k) is not None)
+        said = " ".join(done.stderr.split()).removeprefix("sbatch: error: ")
+        raise ConfigError(f"hydra.launcher (SLURM: {asked}): SLURM would never start this job: `sbatch --test-only` says "
+                          f"\"{said}\". Ask for what a node of the partition has (sinfo -o '%P %c %m %G' lists it).")
 
 
 def _refuse(message):
