@@ -199,18 +199,25 @@ def slurm_fits(launcher):
         executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()
                                       if k not in ("submitit_folder", "max_num_timeout")})
         script = os.path.join(folder, "test.sh")
+        text = getattr(executor._executor, "_make_submission_file_text", None)  # submitit's own: no public name
+        if text is None:
+            return  # another submitit: the sweep goes on unchecked, as before this check
         with open(script, "w") as out:
-            out.write(executor._executor._make_submission_file_text("true", "test"))
+            out.write(text("true", "test"))
         try:
             done = subprocess.run(["sbatch", "--test-only", script], capture_output=True, text=True, timeout=60)
         except FileNotFoundError:
             return  # no sbatch here: submitit says so when it submits
+        except subprocess.TimeoutExpired:
+            raise ConfigError("hydra.launcher (SLURM): `sbatch --test-only` did not answer in 60 s; is the "
+                              "cluster's controller up (scontrol ping)?") from None
     if done.returncode:
         asked = ", ".join(f"{k}={params[k]}" for k in ("partition", "nodes", "tasks_per_node", "cpus_per_task", "mem_gb",
                                                        "gpus_per_node", "timeout_min") if params.get(k) is not None)
         said = " ".join(done.stderr.split()).removeprefix("sbatch: error: ")
-        raise ConfigError(f"hydra.launcher (SLURM: {asked}): SLURM would never start this job: `sbatch --test-only` says "
-                          f"\"{said}\". Ask for what a node of the partition has (sinfo -o '%P %c %m %G' lists it).")
+        raise ConfigError(f"hydra.launcher (SLURM: {asked}): `sbatch --test-only` refuses the job: \"{said}\". A request "
+                          "no node of the partition can meet would pend for ever; ask for what a node has "
+                          "(sinfo -o '%P %c %m %G' lists them).")
 
 
 def _refuse(message):
