@@ -118,6 +118,8 @@ start_slurm() {
     pgrep -F "$STATE/slurm/slurmd.pid" >/dev/null 2>&1 || slurmd -N localhost
     scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true
     wait_for 60 "slurmd (node localhost)" slurm_up
+    [ "$(slurm_cpus)" = "$(node_cpus)" ] \
+        || die "the node has $(slurm_cpus) CPUs, this machine $(node_cpus): SLURM daemons not started by this script? (stop them)"
     echo "$PARTITION"
 }
 

@@ -43,8 +43,8 @@ class SweepCallback(Callback):
 
         try:  # the objective, seeds, guards and registry name, for any sweeper, before the parent run exists
             objective.validate(config)
-            if str(config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher"):
-                slurm_fits(config.hydra.launcher)
+            if config.sweep.preflight and str(config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher"):
+                check_slurm_request(config.hydra.launcher)
         except ConfigError as error:
             _refuse(str(error))
 
@@ -179,45 +179,54 @@ def not_run(jobs, max_failures):
     return f"sweep.max_failures={max_failures} reached ({failed} failed): {len(missing)} jobs NOT RUN"
 
 
-def slurm_fits(launcher):
-    """`sbatch --test-only` of the job script submitit would submit for this launcher config: a request no
+def check_slurm_request(launcher):
+    """`sbatch --test-only` of the job script submitit would submit for this launcher config. A request no
     node of the partition can meet (more tasks, CPUs, memory or GPUs than it has) is refused now, where
-    SLURM would leave the job pending for ever and the sweep waiting on it."""
+    SLURM would leave the job pending for ever and the sweep waiting on it; so is one sbatch rejects.
+    While some of the partition's nodes are down, drained or reserved, a refusal only warns: the job may
+    start when they are back. Raises ConfigError; a check that cannot run only says so."""
     import subprocess
     import tempfile
 
-    import submitit
-    from hydra.utils import instantiate
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    try:
+        import submitit
+        from hydra.utils import instantiate
+        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
-    params = instantiate(launcher).params
-    with tempfile.TemporaryDirectory() as folder:
-        # As the launcher builds its executor (hydra_submitit_launcher's launch): only the folder differs.
-        executor = submitit.AutoExecutor(cluster="slurm", folder=folder, **(
-            {"slurm_max_num_timeout": params["max_num_timeout"]} if "max_num_timeout" in params else {}))
-        base = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()
-                                      if k not in ("submitit_folder", "max_num_timeout")})
-        script = os.path.join(folder, "test.sh")
-        text = getattr(executor._executor, "_make_submission_file_text", None)  # submitit's own: no public name
-        if text is None:
-            return  # another submitit: the sweep goes on unchecked, as before this check
-        with open(script, "w") as out:
-            out.write(text("true", "test"))
-        try:
-            done = subprocess.run(["sbatch", "--test-only", script], capture_output=True, text=True, timeout=60)
-        except FileNotFoundError:
-            return  # no sbatch here: submitit says so when it submits
-        except subprocess.TimeoutExpired:
-            raise ConfigError("hydra.launcher (SLURM): `sbatch --test-only` did not answer in 60 s; is the "
-                              "cluster's controller up (scontrol ping)?") from None
-    if done.returncode:
-        asked = ", ".join(f"{k}={params[k]}" for k in ("partition", "nodes", "tasks_per_node", "cpus_per_task", "mem_gb",
-                                                       "gpus_per_node", "timeout_min") if params.get(k) is not None)
-        said = " ".join(done.stderr.split()).removeprefix("sbatch: error: ")
-        raise ConfigError(f"hydra.launcher (SLURM: {asked}): `sbatch --test-only` refuses the job: \"{said}\". A request "
-                          "no node of the partition can meet would pend for ever; ask for what a node has "
-                          "(sinfo -o '%P %c %m %G' lists them).")
+        params = instantiate(launcher).params
+        with tempfile.TemporaryDirectory() as folder:
+            # As the launcher builds its executor (hydra_submitit_launcher's launch): only the folder differs.
+            executor = submitit.AutoExecutor(cluster="slurm", folder=folder, **(
+                {"slurm_max_num_timeout": params["max_num_timeout"]} if "max_num_timeout" in params else {}))
+            base = set(OmegaConf.structured(BaseQueueConf).keys())
+            executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()
+                                          if k not in ("submitit_folder", "max_num_timeout")})
+            script = os.path.join(folder, "test.sh")
+            with open(script, "w") as out:
+                out.write(executor._executor._make_submission_file_text("true", "test"))  # submitit's own script
+            done = subprocess.run(["sbatch", "--test-only", script], capture_output=True, text=True,
+                                  errors="replace", timeout=60)
+    except Exception as error:  # no srun or sbatch here, another submitit, a parameter submitit refuses ...
+        print(f"runner: the SLURM request was not checked ({type(error).__name__}: {error}); the launcher will "
+              "say what it makes of it.", file=sys.stderr)
+        return
+    if not done.returncode:
+        return
+    asked = ", ".join(f"{k}={params[k]}" for k in ("partition", "nodes", "tasks_per_node", "cpus_per_task", "mem_gb",
+                                                   "gpus_per_node", "timeout_min") if params.get(k) is not None)
+    said = " ".join((done.stderr or done.stdout or f"exit status {done.returncode}").split()).removeprefix("sbatch: error: ")
+    if "configuration is not available" not in said and "configuration not available" not in said:
+        raise ConfigError(f"hydra.launcher (SLURM: {asked}): `sbatch --test-only` refuses the job: \"{said}\".")
+    states = subprocess.run(["sinfo", "-h", "-o", "%T", *(["-p", params["partition"]] if params.get("partition") else [])],
+                            capture_output=True, text=True, errors="replace").stdout.split()
+    away = sorted({s for s in states if s not in ("idle", "mixed", "allocated", "completing")})  # flagged too: down*
+    if away:
+        print(f"runner: warning: hydra.launcher (SLURM: {asked}): no node that is up can take the job (\"{said}\"); "
+              f"some are {', '.join(away)}, so it may start when they are back.", file=sys.stderr)
+        return
+    raise ConfigError(f"hydra.launcher (SLURM: {asked}): no node of the partition can take the job, so it would pend "
+                      f"for ever (`sbatch --test-only`: \"{said}\"). Ask for what a node has (sinfo -o '%P %c %m %G' "
+                      "lists them), or sweep.preflight=false to submit it anyway.")
 
 
 def _refuse(message):
