@@ -217,8 +217,11 @@ def check_slurm_request(launcher):
     said = " ".join((done.stderr or done.stdout or f"exit status {done.returncode}").split()).removeprefix("sbatch: error: ")
     if "configuration is not available" not in said and "configuration not available" not in said:
         raise ConfigError(f"hydra.launcher (SLURM: {asked}): `sbatch --test-only` refuses the job: \"{said}\".")
-    states = subprocess.run(["sinfo", "-h", "-o", "%T", *(["-p", params["partition"]] if params.get("partition") else [])],
-                            capture_output=True, text=True, errors="replace").stdout.split()
+    try:
+        states = subprocess.run(["sinfo", "-h", "-o", "%T", *(["-p", params["partition"]] if params.get("partition") else [])],
+                                capture_output=True, text=True, errors="replace", timeout=60).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):  # an exception here would silently disable the sweep callback
+        states = ["unknown"]
     away = sorted({s for s in states if s not in ("idle", "mixed", "allocated", "completing")})  # flagged too: down*
     if away:
         print(f"runner: warning: hydra.launcher (SLURM: {asked}): no node that is up can take the job (\"{said}\"); "
