@@ -5,6 +5,7 @@ must be set before a GPU is first used, and op determinism before the first
 kernel is chosen: so this is the first thing a run does after the import.
 """
 
+import gc
 import os
 
 import tensorflow as tf
@@ -22,12 +23,23 @@ def setup(loop_cfg, threads=None):
 
 def setup_devices():
     """GPU memory growth: a sweep's jobs share the GPUs with each other and with the preflight,
-    so each takes memory as it needs it instead of all of it."""
+    so each takes memory as it needs it instead of all of it. Also the first TensorFlow work of a
+    process: what the imports made is frozen here (`freeze_imports`)."""
+    freeze_imports()
     for gpu in tf.config.list_physical_devices("GPU"):
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # already initialised by an earlier job of this process
             pass
+
+
+def freeze_imports():
+    """Once per process, before any model exists: the objects alive now, about 0.6 million after
+    TensorFlow's, MLflow's and Hydra's imports and none of them garbage, move out of the garbage
+    collector's reach (`gc.freeze`). Every full collection, the one in each job's
+    `keras.backend.clear_session` included, then skips them instead of walking them all (0.3 s here)."""
+    if not gc.get_freeze_count():
+        gc.freeze()
 
 
 def strategy(name):

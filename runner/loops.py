@@ -96,13 +96,17 @@ def custom(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0, class
     pending = getattr(steps_fns[0], "flush", None)  # loop.accumulate_steps: the epoch's last, partial group
     train_step, test_step = (_on_replicas(strategy, f) for f in steps_fns)
     flush = pending and _on_replicas(strategy, lambda *_: pending())
+    train_ds, steps = train
+    train_ds, val_ds, test_ds = (strategy.experimental_distribute_dataset(d) for d in (train_ds, val_ds, test_ds))
     if not cfg.eager:
         jit = model.jit_compile  # compile() resolved "auto"
         train_step, test_step = (tf.function(f, jit_compile=jit, reduce_retracing=True) for f in (train_step, test_step))
         flush = flush and tf.function(flush)
+        # Traced once each, for the datasets' element spec (its batch dimension unknown), as fit traces on its
+        # iterator: traced on the first batch, a step traces again for the last, smaller one (0.25 s each here).
+        train_step.get_concrete_function(*train_ds.element_spec)
+        test_step.get_concrete_function(*val_ds.element_spec)
     verbose = 1 if cfg.verbose == "auto" else cfg.verbose
-    train_ds, steps = train
-    train_ds, val_ds, test_ds = (strategy.experimental_distribute_dataset(d) for d in (train_ds, val_ds, test_ds))
     batches = iter(train_ds)  # one iterator for all epochs, as fit with steps_per_epoch
     callbacks = keras.callbacks.CallbackList(
         callbacks, add_history=True, add_progbar=verbose != 0, model=model, verbose=verbose, epochs=cfg.epochs, steps=steps

@@ -127,6 +127,25 @@ def test_mirrored_strategy_on_two_cpu_replicas_gives_the_same_metrics(tmp_path):
             assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-3), (loop, key)
 
 
+def test_the_custom_loop_traces_each_step_once_whatever_the_batch_sizes(make_cfg, monkeypatch):
+    """A partial last batch (training, validation and test) runs the step traced for the datasets' spec,
+    not a second trace for its shape, as fit's steps."""
+    traces, real = [], step.make_steps
+
+    def counted(*args, **kwargs):
+        fns = real(*args, **kwargs)
+        return tuple(
+            (lambda f, name: lambda x, y: traces.append(name) or f(x, y))(f, name) for f, name in zip(fns, ("train", "test")))
+
+    monkeypatch.setattr(step, "make_steps", counted)
+    work = prepared(make_cfg, "loop=custom", "loop.epochs=2", "dataset.limit=128", "loop.verbose=0")
+    sizes = {name: {len(x) for x, _ in ds} for name, ds in (("train", work.train_data[0]), ("val", work.val_data),
+                                                              ("test", work.test_data))}
+    assert len(sizes["train"]) > 1 and len(sizes["val"] | sizes["test"]) > 1, sizes  # partial batches to trace for
+    work.train()
+    assert sorted(traces) == ["test", "train"]
+
+
 def test_fit_traces_its_train_step_once(make_cfg, monkeypatch):
     """The optimizer's, loss's and metrics' state is built before fit (loops.built): without it, the first
     trace creates variables and TensorFlow traces the step a second time (plain Keras does, measured)."""
