@@ -104,7 +104,8 @@ def custom(model, train, val_ds, test_ds, cfg, callbacks, initial_epoch=0, class
         flush = flush and tf.function(flush)
         # Traced once each, for the datasets' element spec (its batch dimension unknown), as fit traces on its
         # iterator: traced on the first batch, a step traces again for the last, smaller one (0.25 s each here).
-        train_step.get_concrete_function(*train_ds.element_spec)
+        if initial_epoch < cfg.epochs:  # a resumed run whose epochs are all done only tests
+            train_step.get_concrete_function(*train_ds.element_spec)
         test_step.get_concrete_function(*val_ds.element_spec)
     verbose = 1 if cfg.verbose == "auto" else cfg.verbose
     batches = iter(train_ds)  # one iterator for all epochs, as fit with steps_per_epoch

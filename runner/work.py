@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from runner import callbacks as controls, checkpoints, class_weights, data, loops, models
+from runner import callbacks as controls, checkpoints, class_weights, data, environment, loops, models
 from runner.record import tracking
 from runner.sweep import prune
 from runner.data import augment, checks
@@ -40,6 +40,7 @@ class Work:
         model under `strategy`, compile it."""
         strategy = strategy or tf.distribute.get_strategy()
         keras.backend.clear_session()  # jobs of a multirun share this process: no leaked names or RNG state
+        environment.freeze_survivors()  # after clear_session's collection: the imports' objects, once a process
         keras.utils.set_random_seed(cfg.seed)
         keras.mixed_precision.set_global_policy(cfg.loop.precision)  # every job sets it: jobs share a process
         splits = data.load(cfg.dataset, data_info, keep=keep_data)  # keep: a sweep's next job in this process
