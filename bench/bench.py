@@ -394,7 +394,7 @@ def tta_bench(args):
             accs.append(test_accuracy(out))
 
         fast_run(seeds[0])  # the first seed before the tutorial's script, the others after: a drift in the
-        base_s, _, out = command([sys.executable, *tutorial])  # machine's speed meets both sides alike
+        base_s, _, out = command([sys.executable, *tutorial])  # machine's speed does not fall on one side only
         TUTORIAL.update(json.loads(out.strip().splitlines()[-1]))  # the memory section's baseline too
         for seed in seeds[1:]:
             fast_run(seed)
