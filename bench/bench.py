@@ -11,6 +11,7 @@ to bench/latest.md.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -243,6 +244,23 @@ def _failing_wall(args):
     return time.perf_counter() - started
 
 
+@contextlib.contextmanager
+def scratch_run():
+    """An active MLflow run in a throwaway SQLite store, for the callbacks timed in-process; the
+    tracking URI is put back after, also when the block raises (None also unsets MLFLOW_TRACKING_URI:
+    the caller's, if any, is back)."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+        try:
+            with mlflow.start_run():
+                yield
+        finally:
+            mlflow.set_tracking_uri(before)
+
+
 def loops_bench(args):
     """custom vs fit steps/s, the tutorial's eager list-batching loop as the baseline, and fit with the
     opt-in batch loss logged every step (into a scratch MLflow run), all alternating."""
@@ -252,18 +270,14 @@ def loops_bench(args):
 
     batch_loss = "fit, batch loss every step (opt-in)"
     results = {"fit": [], "custom": [], "tutorial eager": [], batch_loss: []}
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    with tempfile.TemporaryDirectory() as tmp:
-        mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
-        with mlflow.start_run():
-            for _ in range(args.repeats):  # alternate, so drifts in machine speed hit all four alike
-                results["fit"].append(runner_loop("fit", 32, args.steps))
-                results["custom"].append(runner_loop("custom", 32, args.steps))
-                results["tutorial eager"].append(tutorial_eager_loop(32, args.steps // 3))
-                results[batch_loss].append(runner_loop(
-                    "fit", 32, args.steps, extra_callbacks=[tracking.MlflowMetrics(), tracking.MlflowBatchLoss(1)]))
-            mlflow.flush_async_logging()
-        mlflow.set_tracking_uri(before)  # None also unsets MLFLOW_TRACKING_URI: the caller's, if any, is back
+    with scratch_run():
+        for _ in range(args.repeats):  # alternate, so drifts in machine speed hit all four alike
+            results["fit"].append(runner_loop("fit", 32, args.steps))
+            results["custom"].append(runner_loop("custom", 32, args.steps))
+            results["tutorial eager"].append(tutorial_eager_loop(32, args.steps // 3))
+            results[batch_loss].append(runner_loop(
+                "fit", 32, args.steps, extra_callbacks=[tracking.MlflowMetrics(), tracking.MlflowBatchLoss(1)]))
+        mlflow.flush_async_logging()
     med = {k: median(v) for k, v in results.items()}
     RESULTS["custom_over_fit"] = med["custom"] / med["fit"]
     RESULTS["fit_steps_per_s_loops"] = med["fit"]
@@ -276,19 +290,13 @@ def mlflow_bench(args):
     """The per-epoch MLflow metrics' cost, timed directly (their rate difference is below the noise),
     against the epoch they end: fit's epoch of --steps batches at the loops section's rate (the opt-in
     batch loss every step is measured there)."""
-    import mlflow
-
     from runner.record import tracking
 
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    with tempfile.TemporaryDirectory() as tmp:
-        mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
-        with mlflow.start_run():
-            started = time.perf_counter()
-            for epoch in range(20):
-                tracking.MlflowMetrics().on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
-            per_epoch_s = (time.perf_counter() - started) / 20
-        mlflow.set_tracking_uri(before)
+    with scratch_run():
+        started = time.perf_counter()
+        for epoch in range(20):
+            tracking.MlflowMetrics().on_epoch_end(epoch, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+        per_epoch_s = (time.perf_counter() - started) / 20
     rate = RESULTS.get("fit_steps_per_s_loops") or runner_loop("fit", 32, args.steps)  # the section alone: its own
     epoch_s = args.steps / rate  # this short epoch: a full MNIST epoch (1,875 steps) is ~19x longer
     RESULTS["mlflow_overhead_epoch"] = per_epoch_s / epoch_s

@@ -33,7 +33,7 @@ def setup_devices():
 
 def freeze_survivors():
     """Once per process, right after a full collection (Keras' `clear_session` makes one): the objects
-    alive then, about 0.6 million after TensorFlow's, MLflow's and Hydra's imports, move out of the
+    alive then, about half a million after TensorFlow's, MLflow's and Hydra's imports, move out of the
     garbage collector's reach (`gc.freeze`). Every later full collection, each sweep job's
     `clear_session` and Python's own among them, then skips them instead of walking them all
     (0.3 s each here). What a run makes later is collected as before."""
