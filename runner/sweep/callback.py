@@ -8,6 +8,7 @@ other machines nest too, and two sweeps started in the same second never mix.
 """
 
 import atexit
+import gc
 import os
 import signal
 import sys
@@ -341,3 +342,6 @@ def _build_all(good, broken):
                                   f"{cfg.sweep.max_params:,}; drop this point or raise the limit.")
         except ConfigError as error:
             broken.append(f"  {_shown(point)}: {error}")
+    # TensorFlow's import (runner.main.collections_paused) froze every point's config with its own
+    # objects: unfrozen, they are collected once the sweep drops them; the first job freezes again.
+    gc.unfreeze()
