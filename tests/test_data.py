@@ -1,10 +1,12 @@
 """The data stage on arrays: shapes and classes read from the data, wrong data refused with one
 message naming the array, what was found and the fix (in-process and through the command line)."""
 
+import gc
 import os
 import re
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -293,6 +295,19 @@ def test_train_pipeline_order_depends_only_on_seed_and_epoch():
     assert [b[1].numpy().tolist() for b in resumed] == labels[4:]
     assert labels[0:2] != labels[2:4]  # a new order every epoch
     assert sorted(sum(labels[0:2], [])) == list(range(10))
+
+
+def test_the_train_pipeline_holds_its_own_copy_not_the_arrays_it_was_given():
+    """The pipeline copies the examples into TensorFlow; the NumPy arrays go once the caller drops
+    them, so a run does not hold its training set twice while it trains (47 MB more on MNIST)."""
+    x = np.arange(40, dtype=np.uint8).reshape(10, 2, 2, 1)
+    y = np.arange(10, dtype=np.int32)
+    given = weakref.ref(x)
+    ds, _ = data.train_pipeline(x, y, 5, seed=1, first_epoch=0, epochs=1)
+    del x
+    gc.collect()
+    assert given() is None
+    assert sorted(int(v) for batch in ds for v in batch[0].numpy()[:, 0, 0, 0] * 255 + 0.5) == list(range(0, 40, 4))
 
 
 @pytest.mark.slow  # a subprocess CLI run: the fast suite keeps the in-process twin

@@ -29,18 +29,19 @@ def train_pipeline(x, y, batch_size, seed, first_epoch, epochs, augment=None):
         return _augmented(_stream_epochs(x, batch_size, seed, first_epoch, epochs), augment, first_epoch * steps), steps
     n = len(y)
     labels = tf.constant(y)
+    files = x if isinstance(x, Files) else None  # not `x` in the closure: the dataset would keep arrays alive
 
     def epoch_batches(epoch):
         order = tf.argsort(tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed, tf.int64), epoch])))
         batches = tf.data.Dataset.from_tensor_slices(order)
-        if isinstance(x, Files):  # decode each image of the batch in parallel, then batch
-            paths = tf.constant(x.paths)
-            return batches.map(lambda i: (_read_image(paths[i], x.shape), labels[i]), num_parallel_calls=PARALLEL)\
+        if files is not None:  # decode each image of the batch in parallel, then batch
+            paths = tf.constant(files.paths)
+            return batches.map(lambda i: (_read_image(paths[i], files.shape), labels[i]), num_parallel_calls=PARALLEL)\
                 .batch(batch_size)
         return batches.batch(batch_size)
 
     ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_batches)
-    if isinstance(x, Files):
+    if files is not None:
         ds = ds.map(_scale)
     elif isinstance(x, np.memmap):
         ds = ds.map(lambda i: _scale(_gather_memmap(x, i), tf.gather(labels, i)), num_parallel_calls=PARALLEL)
