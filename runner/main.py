@@ -45,6 +45,7 @@ def quiet(env=os.environ):
         logging.getLogger(name).setLevel(logging.WARNING if name != "absl" else logging.ERROR)
     if not any(isinstance(finder, _QuietImport) for finder in sys.meta_path) and "tensorflow" not in sys.modules:
         sys.meta_path.insert(0, _QuietImport())
+        gc.disable()  # until TensorFlow is imported: see collections_paused
 
 
 @contextlib.contextmanager
@@ -115,23 +116,25 @@ class _FilteredLoader(importlib.abc.Loader):
 
 @contextlib.contextmanager
 def collections_paused():
-    """No garbage collection while TensorFlow imports, then what it made frozen (`gc.freeze`).
+    """Python's garbage collector paused from the command's start (`quiet`) until TensorFlow is
+    imported, then what the process holds frozen (`gc.freeze`) and collections resumed.
 
-    The import makes about 900,000 objects, and Python's collections walk the live ones again and
-    again as they accumulate: 1.2 s of a 5.5 s import here. Frozen, no later collection walks them
-    (runner.environment.freeze_survivors does the same for a process that imports TensorFlow
-    otherwise). Its own garbage is frozen with it, uncollected: about 3 MiB, once a process. What is
-    alive before the import is frozen too: a sweep's preflight, which imports TensorFlow with every
-    point's config alive, unfreezes them when it is done (runner.sweep.callback).
+    The imports (Hydra, MLflow, TensorFlow) make about a million objects, and Python's collections
+    walked the live ones again and again as they accumulated: 1.7 s of a tiny run here. Frozen, no
+    later collection walks them (runner.environment.freeze_survivors does the same for a process
+    that imports TensorFlow otherwise). The start's garbage is frozen with them, uncollected: about
+    6 MiB, once a process. A sweep resumes collections before it composes its points
+    (runner.sweep.callback), so they are collected first here; its preflight imports TensorFlow with
+    every point's config alive and unfreezes them when it is done.
     """
-    collecting = gc.isenabled()
+    if gc.isenabled():
+        gc.collect()  # collections ran (a sweep's): only what is alive is frozen
     gc.disable()
     try:
         yield
         gc.freeze()
     finally:
-        if collecting:
-            gc.enable()
+        gc.enable()
 
 
 quiet()

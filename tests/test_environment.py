@@ -46,6 +46,7 @@ def test_the_first_run_freezes_what_survives_its_collection_and_later_garbage_is
 IMPORT = """
 import gc, json, weakref
 import runner.main  # the command line: it imports TensorFlow through its own hook
+paused = not gc.isenabled()
 from hydra import compose, initialize_config_module
 from runner.sweep import callback
 
@@ -60,6 +61,7 @@ def cycle():  # a reference cycle: only the garbage collector frees it
 with initialize_config_module(config_module="runner.conf", version_base="1.3"):
     cfgs = {("seed=1",): compose(config_name="config", overrides=["seed=1", "dataset.limit=64"])}
 alive = cycle()  # alive while TensorFlow imports, as a sweep's configs are in its preflight
+gc.enable()  # as a sweep does before it composes its points (runner.sweep.callback)
 collections = []
 gc.callbacks.append(lambda phase, info: phase == "start" and collections.append(info["generation"]))
 import tensorflow
@@ -71,16 +73,18 @@ dropped, alive = weakref.ref(alive), None
 gc.collect()
 later = weakref.ref(cycle())
 gc.collect()
-print(json.dumps([len(collections), frozen, collecting, unfrozen, dropped() is None, later() is None]))
+print(json.dumps([paused, collections, frozen, collecting, unfrozen, dropped() is None, later() is None]))
 """
 
 
 def test_tensorflow_imports_without_collections_and_a_sweeps_preflight_leaves_nothing_frozen():
-    """The command line imports TensorFlow with the garbage collector paused, then freezes what the
-    import made and collects again; a sweep's preflight unfreezes, so that what was alive while
-    TensorFlow imported (every point's config) is collected once the sweep drops it."""
+    """The command line starts with the garbage collector paused and imports TensorFlow so, then
+    freezes what the process holds and collects again; a sweep collects before the import (only
+    what is alive is frozen) and its preflight unfreezes, so that what was alive while TensorFlow
+    imported (every point's config) is collected once the sweep drops it."""
     done = subprocess.run([sys.executable, "-c", IMPORT], capture_output=True, text=True, env=cli_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    collections, frozen, collecting, unfrozen, dropped_collected, later_collected = json.loads(done.stdout.splitlines()[-1])
-    assert collections == 0 and frozen > 100_000 and collecting
+    paused, collections, frozen, collecting, unfrozen, dropped_collected, later_collected = json.loads(
+        done.stdout.splitlines()[-1])
+    assert paused and collections == [2] and frozen > 100_000 and collecting  # one collection, before the import
     assert unfrozen == 0 and dropped_collected and later_collected  # the first job's clear_session freezes again

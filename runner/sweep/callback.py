@@ -42,6 +42,8 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs):
         import hydra
 
+        gc.enable()  # paused since the start (runner.main.quiet): the points' configs are collected as usual,
+        # and a parent that never imports TensorFlow (jobs on Ray or SLURM) collects all along
         try:  # the objective, seeds, guards and registry name, for any sweeper, before the parent run exists
             objective.validate(config)
             if config.sweep.preflight and str(config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher"):
