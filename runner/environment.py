@@ -36,9 +36,9 @@ def freeze_survivors():
     alive then, about half a million after TensorFlow's, MLflow's and Hydra's imports, move out of the
     garbage collector's reach (`gc.freeze`). Every later full collection, each sweep job's
     `clear_session` and Python's own among them, then skips them instead of walking them all
-    (0.3 s each here). What a run makes later is collected as before. The command line freezes
-    earlier, as TensorFlow is imported (runner.main.collections_paused); this is for a process that
-    imports it otherwise, and for a sweep's first job, after the preflight unfroze."""
+    (0.3 s each here). What a run makes later is collected as before. A single run from the command
+    line has frozen earlier, as TensorFlow was imported (runner.main.collections_paused); this is for
+    a sweep's processes, and for a process that imports TensorFlow otherwise."""
     if not gc.get_freeze_count():
         gc.freeze()
 

@@ -45,7 +45,7 @@ def quiet(env=os.environ):
         logging.getLogger(name).setLevel(logging.WARNING if name != "absl" else logging.ERROR)
     if not any(isinstance(finder, _QuietImport) for finder in sys.meta_path) and "tensorflow" not in sys.modules:
         sys.meta_path.insert(0, _QuietImport())
-        gc.disable()  # until TensorFlow is imported: see collections_paused
+        gc.disable()  # until TensorFlow is imported, or a sweep or subcommand resumes: see collections_paused
 
 
 @contextlib.contextmanager
@@ -116,23 +116,24 @@ class _FilteredLoader(importlib.abc.Loader):
 
 @contextlib.contextmanager
 def collections_paused():
-    """Python's garbage collector paused from the command's start (`quiet`) until TensorFlow is
-    imported, then what the process holds frozen (`gc.freeze`) and collections resumed.
+    """TensorFlow imported with Python's garbage collector paused, then collections resumed; when
+    they were paused since the start (`quiet`: a single run), what the process holds is frozen first
+    (`gc.freeze`).
 
     The imports (Hydra, MLflow, TensorFlow) make about a million objects, and Python's collections
-    walked the live ones again and again as they accumulated: 1.7 s of a tiny run here. Frozen, no
-    later collection walks them (runner.environment.freeze_survivors does the same for a process
-    that imports TensorFlow otherwise). The start's garbage is frozen with them, uncollected: about
-    6 MiB, once a process. A sweep resumes collections before it composes its points
-    (runner.sweep.callback), so they are collected first here; its preflight imports TensorFlow with
-    every point's config alive and unfreezes them when it is done.
+    walked the live ones again and again as they accumulated: 1.7 s of collections in a tiny run
+    here. Frozen, no later collection walks them. The start's garbage is frozen with them,
+    uncollected: about 6 MiB, once a process. A sweep's processes and the subcommands resume
+    collections first (`main`, `hydra_main`, runner.sweep.callback): what they hold when TensorFlow
+    is imported (every point's config, in a sweep's preflight) is not theirs to keep, so they freeze
+    after a run's collection instead (runner.environment.freeze_survivors).
     """
-    if gc.isenabled():
-        gc.collect()  # collections ran (a sweep's): only what is alive is frozen
+    since_start = not gc.isenabled()
     gc.disable()
     try:
         yield
-        gc.freeze()
+        if since_start:
+            gc.freeze()
     finally:
         gc.enable()
 
@@ -164,6 +165,7 @@ LABEL = {ConfigError: "config error", TrainingDiverged: "training diverged"}
 def main():
     """The console script: a subcommand, or Hydra's command line."""
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        gc.enable()  # paused for a run's start (collections_paused); some never import TensorFlow
         from runner import compare
 
         sys.exit(compare.cli(sys.argv[1:]))
@@ -175,6 +177,8 @@ def hydra_main(cfg):
     hc = HydraConfig.get()
     signals.install()  # `kill` ends the run like Ctrl-C: KILLED, checkpoint kept
     multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:
+        gc.enable()  # a sweep job's process (a launcher's worker) collects as usual: see collections_paused
     job = Job(
         cwd=hc.runtime.cwd,
         output_root=hc.runtime.output_dir,

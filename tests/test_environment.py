@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import cli_env
 
 FREEZE = """
@@ -44,47 +45,66 @@ def test_the_first_run_freezes_what_survives_its_collection_and_later_garbage_is
 
 
 IMPORT = """
-import gc, json, weakref
+import gc, json, sys
 import runner.main  # the command line: it imports TensorFlow through its own hook
 paused = not gc.isenabled()
-from hydra import compose, initialize_config_module
-from runner.sweep import callback
-
-class Node:
-    pass
-
-def cycle():  # a reference cycle: only the garbage collector frees it
-    a, b = Node(), Node()
-    a.b, b.a = b, a
-    return a
-
-with initialize_config_module(config_module="runner.conf", version_base="1.3"):
-    cfgs = {("seed=1",): compose(config_name="config", overrides=["seed=1", "dataset.limit=64"])}
-alive = cycle()  # alive while TensorFlow imports, as a sweep's configs are in its preflight
-gc.enable()  # as a sweep does before it composes its points (runner.sweep.callback)
+if sys.argv[1] == "resumed":
+    gc.enable()  # as a sweep's processes and the subcommands do before TensorFlow
 collections = []
 gc.callbacks.append(lambda phase, info: phase == "start" and collections.append(info["generation"]))
 import tensorflow
 gc.callbacks.clear()
-frozen, collecting = gc.get_freeze_count(), gc.isenabled()
-callback.preflight(cfgs, ".")
-unfrozen = gc.get_freeze_count()
-dropped, alive = weakref.ref(alive), None
-gc.collect()
-later = weakref.ref(cycle())
-gc.collect()
-print(json.dumps([paused, collections, frozen, collecting, unfrozen, dropped() is None, later() is None]))
+print(json.dumps([paused, collections.count(2), gc.get_freeze_count(), gc.isenabled()]))
 """
 
 
-def test_tensorflow_imports_without_collections_and_a_sweeps_preflight_leaves_nothing_frozen():
-    """The command line starts with the garbage collector paused and imports TensorFlow so, then
-    freezes what the process holds and collects again; a sweep collects before the import (only
-    what is alive is frozen) and its preflight unfreezes, so that what was alive while TensorFlow
-    imported (every point's config) is collected once the sweep drops it."""
-    done = subprocess.run([sys.executable, "-c", IMPORT], capture_output=True, text=True, env=cli_env(), timeout=300)
+@pytest.mark.parametrize("start", ["paused", "resumed"])
+def test_tensorflow_imports_without_collections_and_only_a_single_runs_start_is_frozen(start):
+    """The command line starts with the garbage collector paused and imports TensorFlow so; a single
+    run then freezes what its process holds. A sweep's process or a subcommand has resumed
+    collections before: what it holds then (every point's config) is not frozen, and it freezes after
+    a run's collection (freeze_survivors) instead."""
+    done = subprocess.run([sys.executable, "-c", IMPORT, start], capture_output=True, text=True, env=cli_env(),
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    paused, collections, frozen, collecting, unfrozen, dropped_collected, later_collected = json.loads(
-        done.stdout.splitlines()[-1])
-    assert paused and collections == [2] and frozen > 100_000 and collecting  # one collection, before the import
-    assert unfrozen == 0 and dropped_collected and later_collected  # the first job's clear_session freezes again
+    paused, full_collections, frozen, collecting = json.loads(done.stdout.splitlines()[-1])
+    assert paused and full_collections == 0 and collecting  # 8 of them, 1 s, without the pause
+    assert frozen > 100_000 if start == "paused" else frozen == 0
+
+
+AT_EXIT = """
+import atexit, gc, json, runpy, sys
+
+def starting(frame):  # in a sweep's start (its points composed and checked), before TensorFlow's import
+    while frame is not None and frame.f_code.co_name != "on_multirun_start":
+        frame = frame.f_back
+    return frame is not None and "tensorflow" not in sys.modules
+
+collections = []
+gc.callbacks.append(lambda phase, info: phase == "start" and starting(sys._getframe()) and collections.append(1))
+atexit.register(lambda: print("GC " + json.dumps([len(collections), gc.isenabled(), gc.get_freeze_count()])))
+sys.argv = ["runner", *sys.argv[1:]]
+runpy.run_module("runner", run_name="__main__")
+"""
+
+
+def test_a_subcommand_resumes_collections():
+    """A subcommand may never import TensorFlow (compare, register): it runs with collections on."""
+    done = subprocess.run([sys.executable, "-c", AT_EXIT, "compare", "--help"],
+                          capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    _, collecting, _ = json.loads(done.stdout.split("GC ")[-1])
+    assert collecting
+
+
+@pytest.mark.slow  # a sweep of two tiny runs
+def test_a_sweep_collects_from_its_start_and_freezes_after_its_first_run(tmp_path):
+    """A sweep's parent resumes collections before it composes its points: they run before its
+    preflight imports TensorFlow, and what the process holds is frozen only after a run's collection."""
+    done = subprocess.run([sys.executable, "-c", AT_EXIT, "-m", "seed=1,2", "dataset.limit=64", "loop.epochs=1",
+                           "loop.verbose=0", "mlflow.log_model=false", "mlflow.log_figures=false",
+                           f"hydra.sweep.dir={tmp_path}/sweep"], capture_output=True, text=True, timeout=600,
+                          env={**cli_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    collections, collecting, frozen = json.loads(done.stdout.split("GC ")[-1])
+    assert collections > 0 and collecting and frozen > 100_000

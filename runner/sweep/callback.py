@@ -42,8 +42,8 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs):
         import hydra
 
-        gc.enable()  # paused since the start (runner.main.quiet): the points' configs are collected as usual,
-        # and a parent that never imports TensorFlow (jobs on Ray or SLURM) collects all along
+        gc.enable()  # paused for a single run's start (runner.main.collections_paused): a sweep's parent collects
+        # as usual, the points' configs included, and freezes nothing when its preflight imports TensorFlow
         try:  # the objective, seeds, guards and registry name, for any sweeper, before the parent run exists
             objective.validate(config)
             if config.sweep.preflight and str(config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher"):
@@ -344,6 +344,3 @@ def _build_all(good, broken):
                                   f"{cfg.sweep.max_params:,}; drop this point or raise the limit.")
         except ConfigError as error:
             broken.append(f"  {_shown(point)}: {error}")
-    # TensorFlow's import (runner.main.collections_paused) froze every point's config with its own
-    # objects: unfrozen, they are collected once the sweep drops them; the first job freezes again.
-    gc.unfreeze()
