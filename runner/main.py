@@ -121,7 +121,7 @@ def collections_paused():
     (`gc.freeze`).
 
     The imports (Hydra, MLflow, TensorFlow) make about a million objects, and Python's collections
-    walked the live ones again and again as they accumulated: 1.7 s of collections in a tiny run
+    walked the live ones again and again as they accumulated: 2.0 s of collections in a tiny run
     here. Frozen, no later collection walks them. The start's garbage is frozen with them,
     uncollected: about 6 MiB, once a process. A sweep's processes and the subcommands resume
     collections first (`main`, `hydra_main`, runner.sweep.callback): what they hold when TensorFlow
