@@ -45,7 +45,6 @@ def quiet(env=os.environ):
         logging.getLogger(name).setLevel(logging.WARNING if name != "absl" else logging.ERROR)
     if not any(isinstance(finder, _QuietImport) for finder in sys.meta_path) and "tensorflow" not in sys.modules:
         sys.meta_path.insert(0, _QuietImport())
-        gc.disable()  # until TensorFlow is imported, or a sweep or subcommand resumes: see collections_paused
 
 
 @contextlib.contextmanager
@@ -114,28 +113,44 @@ class _FilteredLoader(importlib.abc.Loader):
             self.loader.exec_module(module)
 
 
+_start_paused = False  # pause_collections paused them for a single run's start
+
+
+def pause_collections(argv):
+    """Pause Python's garbage collector for a single run's start (`argv` without -m), until TensorFlow
+    is imported through this module's hook (collections_paused); a sweep collects as usual, and so
+    does a process that only imports this module, or runs with RUNNER_VERBOSE=1 (no hook)."""
+    global _start_paused
+    if {"-m", "--multirun"}.isdisjoint(argv) and any(isinstance(f, _QuietImport) for f in sys.meta_path):
+        gc.disable()
+        _start_paused = True
+
+
 @contextlib.contextmanager
 def collections_paused():
-    """TensorFlow imported with Python's garbage collector paused, then collections resumed; when
-    they were paused since the start (`quiet`: a single run), what the process holds is frozen first
+    """TensorFlow imported with Python's garbage collector paused, then collections resumed; after a
+    single run's paused start (pause_collections), what the process holds is frozen first
     (`gc.freeze`).
 
     The imports (Hydra, MLflow, TensorFlow) make about a million objects, and Python's collections
     walked the live ones again and again as they accumulated: 2.0 s of collections in a tiny run
     here. Frozen, no later collection walks them. The start's garbage is frozen with them,
-    uncollected: about 6 MiB, once a process. A sweep's processes and the subcommands resume
-    collections first (`main`, `hydra_main`, runner.sweep.callback): what they hold when TensorFlow
-    is imported (every point's config, in a sweep's preflight) is not theirs to keep, so they freeze
-    after a run's collection instead (runner.environment.freeze_survivors).
+    uncollected: about 6 MiB, once a process. A sweep does not pause its start, and one whose
+    multirun mode comes from its config resumes before it composes its points
+    (runner.sweep.callback): what it holds when TensorFlow is imported (every point's config, in its
+    preflight) is not its to keep, so it freezes after a run's collection instead
+    (runner.environment.freeze_survivors).
     """
-    since_start = not gc.isenabled()
+    collecting = gc.isenabled()
+    since_start = _start_paused and not collecting
     gc.disable()
     try:
         yield
         if since_start:
             gc.freeze()
     finally:
-        gc.enable()
+        if collecting or since_start:
+            gc.enable()
 
 
 quiet()
@@ -165,10 +180,10 @@ LABEL = {ConfigError: "config error", TrainingDiverged: "training diverged"}
 def main():
     """The console script: a subcommand, or Hydra's command line."""
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
-        gc.enable()  # paused for a run's start (collections_paused); some never import TensorFlow
         from runner import compare
 
         sys.exit(compare.cli(sys.argv[1:]))
+    pause_collections(sys.argv[1:])
     hydra_main()
 
 
@@ -177,8 +192,6 @@ def hydra_main(cfg):
     hc = HydraConfig.get()
     signals.install()  # `kill` ends the run like Ctrl-C: KILLED, checkpoint kept
     multirun = hc.mode == RunMode.MULTIRUN
-    if multirun:
-        gc.enable()  # a sweep job's process (a launcher's worker) collects as usual: see collections_paused
     job = Job(
         cwd=hc.runtime.cwd,
         output_root=hc.runtime.output_dir,

@@ -40,7 +40,7 @@ class Work:
         model under `strategy`, compile it."""
         strategy = strategy or tf.distribute.get_strategy()
         keras.backend.clear_session()  # jobs of a multirun share this process: no leaked names or RNG state
-        environment.freeze_survivors()  # after clear_session's collection: the imports' objects, once a process
+        environment.freeze_survivors()  # after clear_session's collection, once a process (a sweep's: see there)
         keras.utils.set_random_seed(cfg.seed)
         keras.mixed_precision.set_global_policy(cfg.loop.precision)  # every job sets it: jobs share a process
         splits = data.load(cfg.dataset, data_info, keep=keep_data)  # keep: a sweep's next job in this process

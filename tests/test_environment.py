@@ -47,29 +47,31 @@ def test_the_first_run_freezes_what_survives_its_collection_and_later_garbage_is
 IMPORT = """
 import gc, json, sys
 import runner.main  # the command line: it imports TensorFlow through its own hook
+imported = gc.isenabled()  # importing the module pauses nothing
+runner.main.pause_collections(sys.argv[1:])  # as main() does with the command line's arguments
 paused = not gc.isenabled()
-if sys.argv[1] == "resumed":
-    gc.enable()  # as a sweep's processes and the subcommands do before TensorFlow
 collections = []
 gc.callbacks.append(lambda phase, info: phase == "start" and collections.append(info["generation"]))
 import tensorflow
 gc.callbacks.clear()
-print(json.dumps([paused, collections.count(2), gc.get_freeze_count(), gc.isenabled()]))
+print(json.dumps([imported, paused, collections.count(2), gc.get_freeze_count(), gc.isenabled()]))
 """
 
 
-@pytest.mark.parametrize("start", ["paused", "resumed"])
-def test_tensorflow_imports_without_collections_and_only_a_single_runs_start_is_frozen(start):
-    """The command line starts with the garbage collector paused and imports TensorFlow so; a single
-    run then freezes what its process holds. A sweep's process or a subcommand has resumed
-    collections before: what it holds then (every point's config) is not frozen, and it freezes after
-    a run's collection (freeze_survivors) instead."""
-    done = subprocess.run([sys.executable, "-c", IMPORT, start], capture_output=True, text=True, env=cli_env(),
-                          timeout=300)
+@pytest.mark.parametrize("argv", [[], ["-m", "seed=1,2"]], ids=["run", "sweep"])
+def test_a_runs_start_is_paused_and_frozen_at_tensorflows_import_and_a_sweeps_is_not(argv):
+    """A single run starts with the garbage collector paused and imports TensorFlow so, then freezes
+    what its process holds. A sweep (-m) collects as usual: what it holds then (every point's
+    config) is not frozen, and it freezes after a run's collection (freeze_survivors) instead."""
+    done = subprocess.run([sys.executable, "-c", IMPORT, *argv], capture_output=True, text=True,
+                          env=cli_env({"RUNNER_VERBOSE": None}), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    paused, full_collections, frozen, collecting = json.loads(done.stdout.splitlines()[-1])
-    assert paused and full_collections == 0 and collecting  # 8 of them, 1 s, without the pause
-    assert frozen > 100_000 if start == "paused" else frozen == 0
+    imported, paused, full_collections, frozen, collecting = json.loads(done.stdout.splitlines()[-1])
+    assert imported and collecting and paused == (not argv)
+    if not argv:
+        assert full_collections == 0 and frozen > 100_000  # several, about a second, without the pause
+    else:
+        assert frozen == 0
 
 
 AT_EXIT = """
@@ -88,10 +90,10 @@ runpy.run_module("runner", run_name="__main__")
 """
 
 
-def test_a_subcommand_resumes_collections():
-    """A subcommand may never import TensorFlow (compare, register): it runs with collections on."""
+def test_a_subcommand_collects_as_usual():
+    """A subcommand may never import TensorFlow (compare, register): its start is not paused."""
     done = subprocess.run([sys.executable, "-c", AT_EXIT, "compare", "--help"],
-                          capture_output=True, text=True, env=cli_env(), timeout=120)
+                          capture_output=True, text=True, env=cli_env({"RUNNER_VERBOSE": None}), timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     _, collecting, _ = json.loads(done.stdout.split("GC ")[-1])
     assert collecting
@@ -99,12 +101,15 @@ def test_a_subcommand_resumes_collections():
 
 @pytest.mark.slow  # a sweep of two tiny runs
 def test_a_sweep_collects_from_its_start_and_freezes_after_its_first_run(tmp_path):
-    """A sweep's parent resumes collections before it composes its points: they run before its
-    preflight imports TensorFlow, and what the process holds is frozen only after a run's collection."""
-    done = subprocess.run([sys.executable, "-c", AT_EXIT, "-m", "seed=1,2", "dataset.limit=64", "loop.epochs=1",
+    """A sweep whose multirun mode comes from its config, not -m, starts paused as a single run does:
+    its parent resumes collections before it composes its points, and what the process holds is
+    frozen only after a run's collection."""
+    done = subprocess.run([sys.executable, "-c", AT_EXIT, "hydra.mode=MULTIRUN", "seed=1,2", "dataset.limit=64",
+                           "loop.epochs=1",
                            "loop.verbose=0", "mlflow.log_model=false", "mlflow.log_figures=false",
                            f"hydra.sweep.dir={tmp_path}/sweep"], capture_output=True, text=True, timeout=600,
-                          env={**cli_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}, cwd=tmp_path)
+                          env=cli_env({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "RUNNER_VERBOSE": None}),
+                          cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     collections, collecting, frozen = json.loads(done.stdout.split("GC ")[-1])
     assert collections > 0 and collecting and frozen > 100_000

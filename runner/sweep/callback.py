@@ -42,8 +42,8 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs):
         import hydra
 
-        gc.enable()  # paused for a single run's start (runner.main.collections_paused): a sweep's parent collects
-        # as usual, the points' configs included, and freezes nothing when its preflight imports TensorFlow
+        gc.enable()  # hydra.mode=MULTIRUN from a config, not -m: its start was paused as a single run's
+        # (runner.main.pause_collections); a sweep's parent collects as usual and freezes nothing at the import
         try:  # the objective, seeds, guards and registry name, for any sweeper, before the parent run exists
             objective.validate(config)
             if config.sweep.preflight and str(config.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher"):
